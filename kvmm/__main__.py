@@ -1,0 +1,3 @@
+from kvmm.cli import entry
+
+entry()

@@ -1,0 +1,1 @@
+"""Legacy devices and the buses they sit on."""

@@ -1,0 +1,415 @@
+"""The builder: turns a checked VmConfig into a running VM, and the Machine
+that owns it (KVM fds, guest memory, vCPU threads, buses, devices, the I/O
+thread). Devices, memory and vCPUs know nothing of each other; this module
+wires them together.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+
+from kvmm.arch.x86_64 import e820, gdt, layout, mptable, paging
+from kvmm.boot import elf, params
+from kvmm.boot.errors import BootError
+from kvmm.config import ConfigError, VmConfig
+from kvmm.devices.bus import Bus
+from kvmm.devices.irq import EventFdTrigger
+from kvmm.devices.legacy import I8042, BootTimer, DebugExit, Sink
+from kvmm.devices.serial import REGISTER_COUNT, ConsoleSink, Serial
+from kvmm.ioctl import Kvm, numbers as n
+from kvmm.memory import GuestMemory
+from kvmm.vcpu import setup
+from kvmm.vcpu.dump import format_registers
+from kvmm.vcpu.runloop import VcpuThread
+
+# Exit statuses of the monitor itself (the guest's own status is 0-255 via port 0xf4).
+EXIT_CONFIG = 2
+EXIT_TIMEOUT = 124
+EXIT_CRASH = 125
+EXIT_MONITOR = 126
+TSS_ADDR = 0xFFFBD000          # three pages KVM/VMX needs below 4 GiB (Firecracker's choice)
+KICK_SIGNAL = signal.SIGUSR1
+
+
+class StopReason:
+    """Why a machine stopped: `kind` is "exit", "reset", "crash", "timeout",
+    "stopped" or "error"; `status` is the exit status kvmm reports."""
+    __slots__ = ("kind", "status", "message")
+
+    def __init__(self, kind: str, status: int, message: str = ""):
+        self.kind = kind
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"StopReason({self.kind!r}, {self.status}, {self.message!r})"
+
+
+def _install_kick_handler() -> None:
+    """vCPU threads are kicked out of KVM_RUN with a signal; it needs a handler
+    (the default action would kill the process)."""
+    try:
+        if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None):
+            signal.signal(KICK_SIGNAL, lambda *_: None)
+    except ValueError:
+        pass  # not the main thread; the embedding program must have set one
+
+
+class Machine:
+    """A live VM. Build it with `build(config)`; `start()`, then `wait()`."""
+
+    def __init__(self, config: VmConfig):
+        self.config = config
+        self.created = time.monotonic()
+        self.stopping = False
+        self.stop_reason: StopReason | None = None
+        self._stopped = threading.Event()
+        self._paused = False
+        self._pause_cond = threading.Condition()
+        self._parked = 0
+        self.threads: list[VcpuThread] = []
+        self.vcpus = []
+        self.report_lines: list[str] = []
+        self._cleanup = contextlib.ExitStack()
+        self.pio_bus = Bus("port I/O", 0x10000)
+        self.mmio_bus = Bus("MMIO", 1 << 64)
+        self.loop = None
+        self.mem: GuestMemory | None = None
+        self.vm = None
+        self.kvm = None
+        self.pvm = False
+        self.boot_timer = BootTimer(self.created, self._log_ready)
+        self.virtio_devices: list = []
+
+    # Life cycle. -----------------------------------------------------------
+    def start(self) -> None:
+        _install_kick_handler()
+        if self.loop is not None:
+            self.loop.start()
+        for vcpu in self.vcpus:
+            t = VcpuThread(self, vcpu)
+            self.threads.append(t)
+        for t in self.threads:
+            t.start()
+
+    def wait(self, timeout: float | None = None) -> StopReason:
+        """Block until the guest stops (or `timeout` passes: then stop it)."""
+        if not self._stopped.wait(timeout):
+            self._timeout(timeout)
+        self._join()
+        if self.console is not None:
+            self.console.flush()
+        assert self.stop_reason is not None
+        return self.stop_reason
+
+    def _timeout(self, timeout: float | None) -> None:
+        paused = self.pause(wait=2.0)
+        lines = [f"the guest did not finish within {timeout:g} s; stopped it"]
+        if paused:
+            lines += [format_registers(v) for v in self.vcpus]
+        else:
+            lines.append("(vCPUs did not stop for a register dump)")
+        lines += self._console_tail()
+        self._request_stop(StopReason("timeout", EXIT_TIMEOUT, "\n".join(lines)))
+        self.resume()
+
+    def _join(self) -> None:
+        self._kick_all()
+        for t in self.threads:
+            t.join(timeout=5)
+
+    def close(self) -> None:
+        if not self.stopping:
+            self._request_stop(StopReason("stopped", 0, "closed"))
+        self._join()
+        if self.loop is not None:
+            self.loop.stop()
+        self._cleanup.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # Control from other threads. -------------------------------------------
+    def _kick_all(self) -> None:
+        for vcpu in self.vcpus:
+            if vcpu.fd >= 0 and vcpu.run_struct is not None:
+                vcpu.set_immediate_exit(True)
+        for t in self.threads:
+            if t.is_alive() and t.ident is not None:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pthread_kill(t.ident, KICK_SIGNAL)
+
+    def pause(self, wait: float = 5.0) -> bool:
+        """Stop all vCPUs outside KVM_RUN; True once every running one is parked."""
+        with self._pause_cond:
+            self._paused = True
+        self._kick_all()
+        deadline = time.monotonic() + wait
+        with self._pause_cond:
+            while self._parked < sum(t.is_alive() for t in self.threads):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._pause_cond.wait(min(left, 0.05))
+                if self._parked < sum(t.is_alive() for t in self.threads):
+                    self._kick_all()
+        return True
+
+    def resume(self) -> None:
+        with self._pause_cond:
+            self._paused = False
+            self._pause_cond.notify_all()
+
+    def stop(self, status: int = 0, message: str = "stopped by request") -> None:
+        self._request_stop(StopReason("stopped", status, message))
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def _request_stop(self, reason: StopReason) -> None:
+        with self._pause_cond:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            self.stopping = True
+            self._pause_cond.notify_all()
+        self._kick_all()
+        self._stopped.set()
+
+    # Called on vCPU threads. -----------------------------------------------
+    def vcpu_interrupted(self, vcpu) -> bool:
+        """A vCPU left KVM_RUN early; park it while paused. False: stop running."""
+        vcpu.set_immediate_exit(False)
+        with self._pause_cond:
+            if self._paused and not self.stopping:
+                self._parked += 1
+                self._pause_cond.notify_all()
+                while self._paused and not self.stopping:
+                    self._pause_cond.wait()
+                self._parked -= 1
+        if self.stopping:
+            return False
+        vcpu.set_immediate_exit(False)
+        return True
+
+    def fatal(self, vcpu, what: str) -> None:
+        lines = [f"vcpu{vcpu.index}: {what}", format_registers(vcpu)]
+        lines += self._console_tail()
+        self._request_stop(StopReason("crash", EXIT_CRASH, "\n".join(lines)))
+
+    def system_event(self, vcpu, kind: int) -> None:
+        if kind == n.KVM_SYSTEM_EVENT_RESET:
+            self._request_stop(StopReason("reset", 0, "the guest reset the machine"))
+        elif kind == n.KVM_SYSTEM_EVENT_SHUTDOWN:
+            self._request_stop(StopReason("exit", 0, "the guest powered off"))
+        else:
+            self.fatal(vcpu, f"system event {kind} (crash)")
+
+    def guest_exit(self, status: int) -> None:
+        self._request_stop(StopReason("exit", status, f"the guest exited with status {status}"))
+
+    def guest_reset(self) -> None:
+        self._request_stop(StopReason("reset", 0, "the guest reset the machine (i8042)"))
+
+    def _log_ready(self, seconds: float) -> None:
+        self.report_lines.append(f"boot timer: guest ready {seconds * 1e3:.2f} ms after "
+                                 "the monitor started")
+
+    def _console_tail(self) -> list[str]:
+        if self.console is None:
+            return []
+        tail = self.console.tail()
+        if not tail:
+            return ["(the guest printed nothing)"]
+        return ["last console lines:"] + [f"  | {line}" for line in tail]
+
+    console: ConsoleSink | None = None
+
+
+def _open_console(config: VmConfig, stack: contextlib.ExitStack) -> ConsoleSink:
+    if config.console == "stdout":
+        fd = sys.stdout.fileno()
+    elif config.console == "none":
+        fd = None
+    else:
+        try:
+            fd = os.open(config.console, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         0o644)
+        except OSError as e:
+            raise ConfigError(f"--console {config.console}: cannot open it for writing "
+                              f"({e.strerror})") from None
+        stack.callback(os.close, fd)
+    return ConsoleSink(fd, capture=config.console_capture)
+
+
+def read_kernel(path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"kernel {path} does not exist; build the guest kernel with "
+                          "`make -C guest-kernel` or give --kernel PATH") from None
+    except IsADirectoryError:
+        raise ConfigError(f"kernel {path} is a directory; give the kernel image file") from None
+    except PermissionError:
+        raise ConfigError(f"kernel {path} is not readable: check its permissions") from None
+    except OSError as e:
+        raise ConfigError(f"kernel {path}: cannot read it ({e.strerror})") from None
+
+
+class PreparedBoot:
+    """Everything checked before a VM exists."""
+    __slots__ = ("image", "kernel", "cmdline", "ram")
+
+    def __init__(self, image: bytes, kernel, cmdline: bytes, ram: list):
+        self.image = image
+        self.kernel = kernel
+        self.cmdline = cmdline
+        self.ram = ram
+
+
+def prepare(config: VmConfig) -> PreparedBoot:
+    """Check the configuration and the kernel; raise ConfigError/BootError before
+    any KVM object is made."""
+    config.validate()
+    image = read_kernel(config.kernel)
+    kernel = elf.parse_elf(image, name=str(config.kernel))
+    ram = layout.ram_regions(config.mem_size)
+    kernel.check_fits(ram[0][0] + ram[0][1])
+    cmdline = config.cmdline
+    try:
+        encoded = params.encode_cmdline(cmdline)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return PreparedBoot(image, kernel, encoded, ram)
+
+
+def build(config: VmConfig, prepared: PreparedBoot | None = None, kvm: Kvm | None = None
+          ) -> Machine:
+    """Create and wire a VM for `config`; the vCPUs do not run until start()."""
+    prepared = prepared or prepare(config)
+    m = Machine(config)
+    stack = m._cleanup
+    try:
+        _build(m, config, prepared, kvm, stack)
+    except BaseException:
+        stack.close()
+        raise
+    return m
+
+
+def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
+           stack: contextlib.ExitStack) -> None:
+    if kvm is None:
+        kvm = Kvm()
+        stack.callback(kvm.close)
+        kvm.check_required_caps()
+    m.kvm = kvm
+    if config.vcpus > kvm.max_vcpus():
+        raise ConfigError(f"--vcpus {config.vcpus}: this host's KVM allows at most "
+                          f"{kvm.max_vcpus()}")
+    m.console = _open_console(config, stack)
+
+    vm = kvm.create_vm()
+    stack.callback(vm.close)
+    m.vm = vm
+    with contextlib.suppress(OSError):
+        vm.set_tss_addr(TSS_ADDR)
+    vm.create_irqchip()
+    vm.create_pit2()
+
+    mem = GuestMemory(prep.ram, backing=config.mem_backing, prefault=config.mem_prefault,
+                      lock=config.mem_lock)
+    stack.callback(mem.close)
+    m.mem = mem
+    mem.register(vm, dirty_log=config.dirty_log)
+
+    # Boot structures and the kernel.
+    elf.load_elf(prep.image, prep.kernel, mem)
+    for addr, page in paging.build_identity_map(mem.end()):
+        mem.write(addr, page)
+    mem.write(layout.BOOT_GDT, gdt.gdt_bytes())
+    mem.write(layout.MPTABLE, mptable.build_mptable(config.vcpus))
+    mem.write(layout.CMDLINE, prep.cmdline)
+    zero_page = params.build_zero_page(e820.e820_map(prep.ram), layout.CMDLINE,
+                                       len(prep.cmdline) - 1)
+    mem.write(layout.ZERO_PAGE, zero_page)
+
+    # Devices.
+    from kvmm.eventloop import EventLoop
+    m.loop = EventLoop(f"kvmm-io")
+    stack.callback(m.loop.close)
+    com1_irq = EventFdTrigger(layout.IRQ_COM1)
+    stack.callback(com1_irq.close)
+    vm.register_irqfd(com1_irq.fd, com1_irq.gsi)
+    m.serial = Serial(com1_irq, m.console)
+    m.pio_bus.insert(m.serial, layout.PORT_COM1, REGISTER_COUNT)
+    m.pio_bus.insert(I8042(m.guest_reset), layout.PORT_I8042_DATA,
+                     layout.PORT_I8042_CMD - layout.PORT_I8042_DATA + 1)
+    m.pio_bus.insert(DebugExit(m.guest_exit), layout.PORT_DEBUG_EXIT, 4)
+    m.pio_bus.insert(m.boot_timer, layout.PORT_BOOT_TIMER, 1)
+    m.bench_sink = Sink()
+    m.pio_bus.insert(m.bench_sink, layout.PORT_BENCH, 1)
+    m.mmio_bus.insert(m.bench_sink, layout.BENCH_MMIO, layout.BENCH_MMIO_SIZE)
+    if config.drives:
+        from kvmm.virtio.attach import attach_drives
+        attach_drives(m, config.drives, stack)
+
+    # vCPUs.
+    supported = kvm.supported_cpuid()
+    for i in range(config.vcpus):
+        vcpu = vm.create_vcpu(i)
+        stack.callback(vcpu.close)
+        m.vcpus.append(vcpu)
+        vcpu.set_cpuid2(setup.vcpu_cpuid(supported, i, config.vcpus, config.cpuid_hide))
+        vcpu.set_msrs(setup.boot_msrs())
+        _setup_lapic(vcpu)
+    bsp = m.vcpus[0]
+    m.pvm = _detect_pvm(bsp)
+    sregs = bsp.get_sregs()
+    setup.boot_sregs(sregs)
+    bsp.set_sregs(sregs)
+    bsp.set_regs(setup.boot_regs(prep.kernel.entry, layout.ZERO_PAGE))
+    fpu = bsp.get_fpu()
+    fpu.fcw = 0x37F
+    fpu.mxcsr = 0x1F80
+    bsp.set_fpu(fpu)
+    if m.pvm:
+        bsp.set_msrs({setup.MSR_PVM_VIF_PAGE: layout.vif_page(0) | setup.PVM_HOST_WRITE_VALID})
+
+
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_MODE_EXTINT = 0b111 << 8
+APIC_MODE_NMI = 0b100 << 8
+
+
+def _setup_lapic(vcpu) -> None:
+    """LINT0 as ExtINT and LINT1 as NMI, as a BIOS leaves them (Firecracker `interrupts.rs`)."""
+    import struct
+    from kvmm.ioctl.structs import KvmLapicState
+    regs = bytearray(bytes(vcpu.get_lapic()))
+    for offset, mode in ((APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)):
+        value = struct.unpack_from("<I", regs, offset)[0]
+        struct.pack_into("<I", regs, offset, (value & ~0x700) | mode)
+    vcpu.set_lapic(KvmLapicState.from_buffer_copy(regs))
+
+
+def _detect_pvm(vcpu) -> bool:
+    """The software-virtualization KVM answers its signature MSR; hardware KVM
+    does not know it."""
+    try:
+        values = vcpu.get_msrs([setup.MSR_PVM_SIGNATURE])
+    except OSError:
+        return False
+    return values.get(setup.MSR_PVM_SIGNATURE) == setup.PVM_SIGNATURE
+
+
+__all__ = ["Machine", "StopReason", "build", "prepare", "BootError", "ConfigError"]
