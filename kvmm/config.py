@@ -9,6 +9,7 @@ MIN_MEM = 2 * layout.MiB
 MAX_MEM = layout.PD_MAX_PAGES * layout.GiB - (layout.MMIO_GAP_END - layout.MMIO_GAP_START)
 DEFAULT_MEM = 64 * layout.MiB
 DEFAULT_KERNEL_NAME = "kvmm-guest.elf"
+MEM_BACKINGS = ("normal", "thp", "hugetlb")
 
 
 class ConfigError(ValueError):
@@ -82,5 +83,8 @@ class VmConfig:
                               f"({MAX_MEM >> 30} GiB)")
         if self.mem_size % layout.PAGE_SIZE:
             raise ConfigError("--mem must be a multiple of 4 KiB")
+        if self.mem_backing not in MEM_BACKINGS:
+            raise ConfigError(f"--mem-backing {self.mem_backing!r}: use one of "
+                              f"{', '.join(MEM_BACKINGS)}")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"--timeout {self.timeout}: give a positive number of seconds")

@@ -5,14 +5,17 @@ wires them together.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 import threading
 import time
 
+# The C half of `signal` (the Python half imports enum, which costs more than
+# booting a VM); only pthread_kill, signal and getsignal are used.
+import _signal as signal  # noqa: I001
+
 from kvmm.arch.x86_64 import e820, gdt, layout, mptable, paging
+from kvmm.cleanup import Cleanup
 from kvmm.boot import elf, params
 from kvmm.boot.errors import BootError
 from kvmm.config import ConfigError, VmConfig
@@ -62,9 +65,9 @@ def _install_kick_handler() -> None:
 class Machine:
     """A live VM. Build it with `build(config)`; `start()`, then `wait()`."""
 
-    def __init__(self, config: VmConfig):
+    def __init__(self, config: VmConfig, start_time: float | None = None):
         self.config = config
-        self.created = time.monotonic()
+        self.created = time.monotonic() if start_time is None else start_time
         self.stopping = False
         self.stop_reason: StopReason | None = None
         self._stopped = threading.Event()
@@ -74,7 +77,7 @@ class Machine:
         self.threads: list[VcpuThread] = []
         self.vcpus = []
         self.report_lines: list[str] = []
-        self._cleanup = contextlib.ExitStack()
+        self._cleanup = Cleanup()
         self.pio_bus = Bus("port I/O", 0x10000)
         self.mmio_bus = Bus("MMIO", 1 << 64)
         self.loop = None
@@ -143,8 +146,10 @@ class Machine:
                 vcpu.set_immediate_exit(True)
         for t in self.threads:
             if t.is_alive() and t.ident is not None:
-                with contextlib.suppress(ProcessLookupError, OSError):
+                try:
                     signal.pthread_kill(t.ident, KICK_SIGNAL)
+                except OSError:
+                    pass  # the thread has just ended
 
     def pause(self, wait: float = 5.0) -> bool:
         """Stop all vCPUs outside KVM_RUN; True once every running one is parked."""
@@ -233,7 +238,7 @@ class Machine:
     console: ConsoleSink | None = None
 
 
-def _open_console(config: VmConfig, stack: contextlib.ExitStack) -> ConsoleSink:
+def _open_console(config: VmConfig, stack: Cleanup) -> ConsoleSink:
     if config.console == "stdout":
         fd = sys.stdout.fileno()
     elif config.console == "none":
@@ -291,11 +296,12 @@ def prepare(config: VmConfig) -> PreparedBoot:
     return PreparedBoot(image, kernel, encoded, ram)
 
 
-def build(config: VmConfig, prepared: PreparedBoot | None = None, kvm: Kvm | None = None
-          ) -> Machine:
-    """Create and wire a VM for `config`; the vCPUs do not run until start()."""
+def build(config: VmConfig, prepared: PreparedBoot | None = None, kvm: Kvm | None = None,
+          start_time: float | None = None) -> Machine:
+    """Create and wire a VM for `config`; the vCPUs do not run until start().
+    `start_time` (time.monotonic) is when the boot timer starts counting."""
     prepared = prepared or prepare(config)
-    m = Machine(config)
+    m = Machine(config, start_time)
     stack = m._cleanup
     try:
         _build(m, config, prepared, kvm, stack)
@@ -306,7 +312,7 @@ def build(config: VmConfig, prepared: PreparedBoot | None = None, kvm: Kvm | Non
 
 
 def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
-           stack: contextlib.ExitStack) -> None:
+           stack: Cleanup) -> None:
     if kvm is None:
         kvm = Kvm()
         stack.callback(kvm.close)
@@ -320,8 +326,10 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
     vm = kvm.create_vm()
     stack.callback(vm.close)
     m.vm = vm
-    with contextlib.suppress(OSError):
+    try:
         vm.set_tss_addr(TSS_ADDR)
+    except OSError:
+        pass  # only VMX needs it
     vm.create_irqchip()
     vm.create_pit2()
 
@@ -358,6 +366,11 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
     m.bench_sink = Sink()
     m.pio_bus.insert(m.bench_sink, layout.PORT_BENCH, 1)
     m.mmio_bus.insert(m.bench_sink, layout.BENCH_MMIO, layout.BENCH_MMIO_SIZE)
+    interactive = config.interactive
+    if interactive is None:
+        interactive = config.console == "stdout" and os.isatty(0) and os.isatty(1)
+    if interactive:
+        _attach_stdin(m, stack)
     if config.drives:
         from kvmm.virtio.attach import attach_drives
         attach_drives(m, config.drives, stack)
@@ -383,6 +396,16 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
     bsp.set_fpu(fpu)
     if m.pvm:
         bsp.set_msrs({setup.MSR_PVM_VIF_PAGE: layout.vif_page(0) | setup.PVM_HOST_WRITE_VALID})
+
+
+def _attach_stdin(m: Machine, stack: Cleanup) -> None:
+    from kvmm.devices.stdin import StdinForwarder
+    fwd = StdinForwarder(0, m.serial, lambda: m.stop(0, "stopped from the console (Ctrl-A x)"))
+    if os.isatty(0):
+        fwd.raw_mode()
+        stack.callback(fwd.restore)
+    m.loop.add_reader(0, fwd.on_readable)
+    stack.callback(m.loop.remove_reader, 0)
 
 
 APIC_LVT0 = 0x350

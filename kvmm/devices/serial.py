@@ -7,7 +7,6 @@ buffers them and writes whole lines. Received bytes wait in a bounded FIFO.
 """
 from __future__ import annotations
 
-import collections
 import os
 import threading
 
@@ -57,7 +56,8 @@ class ConsoleSink:
                  capture: bool = False):
         self.fd = fd
         self._buf = bytearray()
-        self._tail: collections.deque[bytes] = collections.deque(maxlen=tail_lines)
+        self._tail: list[bytes] = []
+        self._tail_lines = tail_lines
         self._partial = bytearray()
         self._threshold = flush_threshold
         self._lock = threading.Lock()
@@ -79,6 +79,7 @@ class ConsoleSink:
         if b"\n" in self._partial:
             *lines, rest = bytes(self._partial).split(b"\n")
             self._tail.extend(lines)
+            del self._tail[:-self._tail_lines]
             self._partial = bytearray(rest)
 
     def _flush_locked(self) -> None:
@@ -123,7 +124,7 @@ class Serial:
         self.lsr = LSR_THR_EMPTY | LSR_IDLE
         self.msr = MSR_DSR | MSR_CTS | MSR_DCD
         self.scr = 0
-        self._in: collections.deque[int] = collections.deque()
+        self._in = bytearray()       # received bytes not yet read (a small FIFO)
         self.dropped_input = 0
 
     # Interrupt logic. -----------------------------------------------------
@@ -211,7 +212,10 @@ class Serial:
         if offset == DATA:
             if dlab:
                 return self.dll
-            value = self._in.popleft() if self._in else 0
+            value = 0
+            if self._in:
+                value = self._in[0]
+                del self._in[0]
             if not self._in:
                 self.lsr &= ~LSR_DATA_READY
                 self._clear(IIR_RDA)
