@@ -71,8 +71,8 @@ def _mib(n: int) -> str:
 def parse_elf(image: bytes | memoryview, name: str = "kernel") -> ElfKernel:
     if len(image) < EHDR.size:
         raise InvalidImage(f"{name}: truncated ({len(image)} bytes), not an ELF kernel")
-    (ident, e_type, e_machine, e_version, e_entry, e_phoff, _shoff, _flags, e_ehsize,
-     e_phentsize, e_phnum, *_rest) = EHDR.unpack_from(image, 0)
+    (ident, e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, _flags, e_ehsize,
+     e_phentsize, e_phnum, e_shentsize, e_shnum, _shstrndx) = EHDR.unpack_from(image, 0)
     if ident[:4] != ELF_MAGIC:
         raise InvalidImage(f"{name}: not an ELF file (bad magic); give a 64-bit ELF kernel")
     if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB:
@@ -91,6 +91,10 @@ def parse_elf(image: bytes | memoryview, name: str = "kernel") -> ElfKernel:
     if e_phoff + e_phnum * PHDR.size > len(image):
         raise InvalidImage(f"{name}: truncated: program headers end at "
                            f"{e_phoff + e_phnum * PHDR.size:#x} past the file end "
+                           f"{len(image):#x}")
+    if e_shoff and e_shoff + e_shnum * e_shentsize > len(image):
+        raise InvalidImage(f"{name}: truncated: the section headers end at "
+                           f"{e_shoff + e_shnum * e_shentsize:#x} past the file end "
                            f"{len(image):#x}")
     segments = []
     pvh_entry = None

@@ -84,3 +84,40 @@ def test_fifty_boots_leak_nothing(guest_kernel):
         assert (r.kind, r.status) == ("exit", 0), (i, r, output(m))
     assert _open_fds() == fds
     assert threading.active_count() == threads
+
+
+def test_dirty_log_sees_the_pages_the_guest_wrote(guest_kernel):
+    m = boot("mode=mem", mem=32 << 20, dirty_log=True)
+    with m:
+        m.mem.dirty_pages(m.vm)              # clear what booting wrote
+        m.start()
+        r = m.wait(60)
+        assert (r.kind, r.status) == ("exit", 0), output(m)
+        pages = m.mem.dirty_pages(m.vm)
+        # mode=mem writes every page of RAM above its own image
+        assert len(pages) >= (28 << 20) // 4096
+        assert all(p % 4096 == 0 and p < (32 << 20) for p in pages)
+        assert m.mem.dirty_pages(m.vm) == []  # reading the log resets it
+
+
+@pytest.mark.parametrize("options", [
+    {"mem_prefault": True}, {"mem_lock": True}, {"mem_backing": "thp"},
+])
+def test_memory_reservation_options(guest_kernel, options):
+    size = 64 << 20
+    m = boot("mode=hello", mem=size, **options)
+    with m:
+        if options.get("mem_prefault") or options.get("mem_lock"):
+            assert m.mem.resident_bytes() == size
+        m.start()
+        r = m.wait(20)
+    assert (r.kind, r.status) == ("exit", 0), output(m)
+
+
+def test_guest_ram_is_not_touched_up_front(guest_kernel):
+    size = 256 << 20
+    m = boot("mode=hello", mem=size)
+    with m:
+        m.start()
+        m.wait(20)
+        assert m.mem.resident_bytes() < 16 << 20

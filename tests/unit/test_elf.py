@@ -56,6 +56,9 @@ BAD = {
     "entry in data": (elfimage.build([(0x100000, elfimage.CODE, 16, 6)]), "entry point"),
     "no loadable": (elfimage.build([], notes=elfimage.note(b"GNU\0", 3, b"abcd")),
                     "no loadable"),
+    "section headers past end": (
+        elfimage.build()[:16 + 24] + struct.pack("<Q", 0x10000) + elfimage.build()[48:],
+        "section headers"),
     "bad note": (elfimage.build(notes=struct.pack("<III", 4, 4000, 18) + b"Xen\0"),
                  "malformed ELF note"),
 }
