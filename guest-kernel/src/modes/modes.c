@@ -1,0 +1,25 @@
+/* modes.c - the mode table. */
+#include "modes.h"
+
+#include "string.h"
+
+static const struct mode modes[] = {
+	{ "hello", mode_hello },
+	{ "timer", mode_timer },
+	{ "smp", mode_smp },
+	{ "mem", mode_mem },
+	{ "fault", mode_fault },
+	{ "reset", mode_reset },
+	{ "iobench", mode_iobench },
+	{ "mmiobench", mode_mmiobench },
+	{ "exception", mode_exception },
+	{ "irq", mode_irq },
+};
+
+const struct mode *mode_find(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(modes); i++)
+		if (strcmp(modes[i].name, name) == 0)
+			return &modes[i];
+	return NULL;
+}

@@ -1,0 +1,26 @@
+/* modes.h - test programs selected with "mode=NAME". Each prints exactly
+ * one verdict line and exits through finish() (kernel.h). */
+#ifndef KVMM_GUEST_MODES_H
+#define KVMM_GUEST_MODES_H
+
+#include "types.h"
+
+struct mode {
+	const char *name;
+	void (*run)(void); /* does not return: ends in finish() */
+};
+
+const struct mode *mode_find(const char *name);
+
+noreturn void mode_hello(void);
+noreturn void mode_timer(void);
+noreturn void mode_smp(void);
+noreturn void mode_mem(void);
+noreturn void mode_fault(void);
+noreturn void mode_reset(void);
+noreturn void mode_iobench(void);
+noreturn void mode_mmiobench(void);
+noreturn void mode_exception(void);
+noreturn void mode_irq(void);
+
+#endif
