@@ -55,8 +55,9 @@ def _whole(name: str):
 
 
 RUN_OPTIONS = (
-    Option("--kernel", "ELF kernel (default: the guest kernel this repository builds, "
-           "guest-kernel/build/kvmm-guest.elf)", "PATH"),
+    Option("--kernel", "ELF or bzImage kernel (default: the guest kernel this repository "
+           "builds, guest-kernel/build/kvmm-guest.elf)", "PATH"),
+    Option("--initrd", "an initrd/initramfs image for the kernel", "PATH"),
     Option("--mem", "guest RAM, reserved up front (default 64M)", "SIZE", default="64M"),
     Option("--vcpus", "number of vCPUs (default 1)", "N", _whole("--vcpus"), default=1),
     Option("--cmdline", "kernel command line", "TEXT", default=""),
@@ -148,7 +149,7 @@ def run_command(args: Namespace) -> int:
     from kvmm.config import ConfigError, VmConfig, default_kernel, parse_size
     try:
         config = VmConfig(
-            kernel=args.kernel or default_kernel(),
+            kernel=args.kernel or default_kernel(), initrd=args.initrd,
             mem_size=parse_size(args.mem, "--mem", default_unit="M"),
             vcpus=args.vcpus, cmdline=args.cmdline, console=args.console,
             timeout=args.timeout, mem_backing=args.mem_backing,
@@ -170,9 +171,11 @@ def run_command(args: Namespace) -> int:
         return _die(str(e))
     except (KvmError, OSError) as e:
         return _die(f"could not create the VM: {e}", machine.EXIT_MONITOR)
-    with vm:
+    try:
         vm.start()
         reason = vm.wait(config.timeout)
+    finally:
+        vm.release_for_exit()       # the process exits next: no need to unmap or join
     if not args.quiet:
         for line in vm.report_lines:
             print(f"kvmm: {line}", file=sys.stderr)

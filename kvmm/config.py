@@ -54,6 +54,7 @@ class VmConfig:
         self.mem_size = DEFAULT_MEM
         self.vcpus = 1
         self.cmdline = ""
+        self.initrd: str | None = None   # an initramfs/initrd image, loaded below the kernel's limit
         self.console = "stdout"          # "stdout", "none", or a file path
         self.console_capture = False     # keep all console output in memory
         self.timeout: float | None = None   # seconds; None = no limit
@@ -69,6 +70,8 @@ class VmConfig:
                 raise TypeError(f"VmConfig has no setting {key!r}")
             setattr(self, key, value)
         self.kernel = os.fspath(self.kernel)
+        if self.initrd is not None:
+            self.initrd = os.fspath(self.initrd)
 
     def validate(self, max_vcpus: int = layout.MAX_VCPUS) -> None:
         if not isinstance(self.vcpus, int) or not 1 <= self.vcpus <= min(max_vcpus,

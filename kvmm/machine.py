@@ -14,11 +14,12 @@ import time
 # booting a VM); only pthread_kill, signal and getsignal are used.
 import _signal as signal  # noqa: I001
 
-from kvmm.arch.x86_64 import e820, gdt, layout, mptable, paging
+from kvmm.arch.x86_64 import acpi, e820, gdt, layout, mptable, paging
 from kvmm.cleanup import Cleanup
-from kvmm.boot import elf, params
+from kvmm.boot import initrd as initrd_loader, loader, params
 from kvmm.boot.errors import BootError
 from kvmm.config import ConfigError, VmConfig
+from kvmm.devices.acpi_sleep import AcpiSleep
 from kvmm.devices.bus import Bus
 from kvmm.devices.irq import EventFdTrigger
 from kvmm.devices.legacy import I8042, BootTimer, DebugExit, Sink
@@ -132,6 +133,15 @@ class Machine:
         if self.loop is not None:
             self.loop.stop()
         self._cleanup.close()
+
+    def release_for_exit(self) -> None:
+        """Before the process exits: stop, flush, and undo only what process exit
+        would not (terminal mode, cgroups); fds and guest RAM go with the process."""
+        if not self.stopping:
+            self._request_stop(StopReason("stopped", 0, "closed"))
+        if self.console is not None:
+            self.console.flush()
+        self._cleanup.close(essential_only=True)
 
     def __enter__(self) -> Machine:
         return self
@@ -270,14 +280,31 @@ def read_kernel(path) -> bytes:
 
 
 class PreparedBoot:
-    """Everything checked before a VM exists."""
-    __slots__ = ("image", "kernel", "cmdline", "ram")
+    """Everything checked before a VM exists. `kernel` is a kvmm.boot.loader
+    BootImage (ELF or bzImage); `virtio` the (base, size, irq) of each
+    virtio-mmio device the guest will have, for the ACPI tables."""
+    __slots__ = ("image", "kernel", "cmdline", "ram", "initrd", "virtio")
 
-    def __init__(self, image: bytes, kernel, cmdline: bytes, ram: list):
+    def __init__(self, image: bytes, kernel, cmdline: bytes, ram: list, initrd=None,
+                 virtio: tuple = ()):
         self.image = image
         self.kernel = kernel
         self.cmdline = cmdline
         self.ram = ram
+        self.initrd = initrd
+        self.virtio = tuple(virtio)
+
+
+def _virtio_resources(count: int) -> list[tuple[int, int, int]]:
+    """(base, size, irq) of the first `count` virtio-mmio slots."""
+    if not count:
+        return []
+    from kvmm.virtio.attach import slot_resources
+    out = []
+    for slot in range(count):
+        base, irq = slot_resources(slot)
+        out.append((base, layout.VIRTIO_MMIO_SIZE, irq))
+    return out
 
 
 def prepare(config: VmConfig) -> PreparedBoot:
@@ -285,15 +312,33 @@ def prepare(config: VmConfig) -> PreparedBoot:
     any KVM object is made."""
     config.validate()
     image = read_kernel(config.kernel)
-    kernel = elf.parse_elf(image, name=str(config.kernel))
+    kernel = loader.parse_kernel(image, name=str(config.kernel))
     ram = layout.ram_regions(config.mem_size)
-    kernel.check_fits(ram[0][0] + ram[0][1])
-    cmdline = config.cmdline
+    low_ram_end = ram[0][0] + ram[0][1]
+    kernel.check_fits(low_ram_end)
+    virtio = _virtio_resources(len(config.drives))
+    cmdline = _with_virtio_words(config.cmdline, virtio)
     try:
-        encoded = params.encode_cmdline(cmdline)
+        encoded = params.encode_cmdline(cmdline, kernel.cmdline_max + 1)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return PreparedBoot(image, kernel, encoded, ram)
+    initrd = None
+    if config.initrd is not None:
+        initrd = initrd_loader.prepare_initrd(config.initrd, kernel, low_ram_end)
+    return PreparedBoot(image, kernel, encoded, ram, initrd, virtio)
+
+
+def _with_virtio_words(cmdline: str, virtio: list[tuple[int, int, int]]) -> str:
+    """The command line plus a `virtio_mmio.device=` word per device, for kernels
+    built with VIRTIO_MMIO_CMDLINE_DEVICES (others find them in the DSDT); words
+    already there are not repeated."""
+    if not virtio:
+        return cmdline
+    from kvmm.virtio.mmio import cmdline_word
+    words = cmdline.split()
+    extra = [w for w in (cmdline_word(base, irq, size) for base, size, irq in virtio)
+             if w not in words]
+    return " ".join([cmdline] + extra) if cmdline else " ".join(extra)
 
 
 def build(config: VmConfig, prepared: PreparedBoot | None = None, kvm: Kvm | None = None,
@@ -340,14 +385,22 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
     mem.register(vm, dirty_log=config.dirty_log)
 
     # Boot structures and the kernel.
-    elf.load_elf(prep.image, prep.kernel, mem)
+    loaded = prep.kernel.load(prep.image, mem)
     for addr, page in paging.build_identity_map(mem.end()):
         mem.write(addr, page)
     mem.write(layout.BOOT_GDT, gdt.gdt_bytes())
     mem.write(layout.MPTABLE, mptable.build_mptable(config.vcpus))
+    tables = acpi.build_tables(config.vcpus, prep.virtio)
+    for addr, data in tables.pieces:
+        mem.write(addr, data)
     mem.write(layout.CMDLINE, prep.cmdline)
+    initrd = None
+    if prep.initrd is not None:
+        initrd_loader.load_initrd(prep.initrd, mem)
+        initrd = (prep.initrd.addr, prep.initrd.size)
     zero_page = params.build_zero_page(e820.e820_map(prep.ram), layout.CMDLINE,
-                                       len(prep.cmdline) - 1)
+                                       len(prep.cmdline) - 1, setup_header=loaded.setup_header,
+                                       initrd=initrd, acpi_rsdp=tables.rsdp_addr)
     mem.write(layout.ZERO_PAGE, zero_page)
 
     # Devices.
@@ -363,6 +416,9 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
                      layout.PORT_I8042_CMD - layout.PORT_I8042_DATA + 1)
     m.pio_bus.insert(DebugExit(m.guest_exit), layout.PORT_DEBUG_EXIT, 4)
     m.pio_bus.insert(m.boot_timer, layout.PORT_BOOT_TIMER, 1)
+    poweroff = AcpiSleep(lambda: m._request_stop(StopReason(   # the FADT's sleep registers
+        "exit", 0, "the guest powered off (ACPI S5)")))
+    m.pio_bus.insert(poweroff, layout.PORT_ACPI_SLEEP, 1)
     m.bench_sink = Sink()
     m.pio_bus.insert(m.bench_sink, layout.PORT_BENCH, 1)
     m.mmio_bus.insert(m.bench_sink, layout.BENCH_MMIO, layout.BENCH_MMIO_SIZE)
@@ -389,7 +445,7 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
     sregs = bsp.get_sregs()
     setup.boot_sregs(sregs)
     bsp.set_sregs(sregs)
-    bsp.set_regs(setup.boot_regs(prep.kernel.entry, layout.ZERO_PAGE))
+    bsp.set_regs(setup.boot_regs(loaded.entry, layout.ZERO_PAGE))
     fpu = bsp.get_fpu()
     fpu.fcw = 0x37F
     fpu.mxcsr = 0x1F80
@@ -403,7 +459,7 @@ def _attach_stdin(m: Machine, stack: Cleanup) -> None:
     fwd = StdinForwarder(0, m.serial, lambda: m.stop(0, "stopped from the console (Ctrl-A x)"))
     if os.isatty(0):
         fwd.raw_mode()
-        stack.callback(fwd.restore)
+        stack.essential(fwd.restore)
     m.loop.add_reader(0, fwd.on_readable)
     stack.callback(m.loop.remove_reader, 0)
 

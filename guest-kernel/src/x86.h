@@ -153,7 +153,16 @@ static inline u32 phys_read32(u64 a) { return *(const volatile u32 *)phys_ptr(a)
 static inline u64 phys_read64(u64 a) { return *(const volatile u64 *)phys_ptr(a); }
 static inline void phys_write64(u64 a, u64 v) { *(volatile u64 *)phys_ptr(a) = v; }
 
+static inline u8 mmio_read8(u64 addr) { return *(volatile u8 *)phys_ptr(addr); }
+static inline u16 mmio_read16(u64 addr) { return *(volatile u16 *)phys_ptr(addr); }
 static inline u32 mmio_read32(u64 addr) { return *(volatile u32 *)phys_ptr(addr); }
 static inline void mmio_write32(u64 addr, u32 v) { *(volatile u32 *)phys_ptr(addr) = v; }
+
+/* Full barrier (MFENCE): orders a store before a later load, which x86's
+ * TSO model does not; needed where the driver publishes an index and then
+ * reads the device's suppression field (virtio 1.2 2.7.13.3). Stores are
+ * not reordered with stores, nor loads with loads, so barrier() suffices
+ * elsewhere for memory the device shares. */
+static inline void mb(void) { __asm__ __volatile__("mfence" ::: "memory"); }
 
 #endif

@@ -8,6 +8,7 @@ from kvmm.arch.x86_64 import layout
 
 ZERO_PAGE_SIZE = 4096
 # Offsets in struct boot_params
+ACPI_RSDP_ADDR = 0x070      # u64 (boot protocol 2.14; read by Linux whatever the version)
 EXT_CMD_LINE_PTR = 0x0C8
 E820_ENTRIES = 0x1E8
 SETUP_HEADER = 0x1F1
@@ -30,9 +31,10 @@ LOADER_TYPE_UNDEFINED = 0xFF
 
 
 def build_zero_page(e820: list[tuple[int, int, int]], cmdline_addr: int, cmdline_len: int,
-                    setup_header: bytes | None = None, initrd: tuple[int, int] | None = None
-                    ) -> bytearray:
-    """A boot_params page. `setup_header` (bzImage) is copied to 0x1f1 first."""
+                    setup_header: bytes | None = None, initrd: tuple[int, int] | None = None,
+                    acpi_rsdp: int = 0) -> bytearray:
+    """A boot_params page. `setup_header` (bzImage) is copied to 0x1f1 first;
+    `initrd` is (address, size); `acpi_rsdp` the RSDP's address (0: none)."""
     page = bytearray(ZERO_PAGE_SIZE)
     if setup_header is not None:
         page[SETUP_HEADER:SETUP_HEADER + len(setup_header)] = setup_header
@@ -47,7 +49,11 @@ def build_zero_page(e820: list[tuple[int, int, int]], cmdline_addr: int, cmdline
         E820_ENTRY.pack_into(page, E820_TABLE + i * E820_ENTRY.size, addr, size, kind)
     struct.pack_into("<I", page, CMD_LINE_PTR, cmdline_addr & 0xFFFFFFFF)
     struct.pack_into("<I", page, EXT_CMD_LINE_PTR, cmdline_addr >> 32)
-    struct.pack_into("<I", page, CMDLINE_SIZE, cmdline_len)
+    if setup_header is None:
+        # kvmm's own protocol: the length of the command line. A bzImage's
+        # cmdline_size is the kernel's limit, a field the loader only reads (boot.rst).
+        struct.pack_into("<I", page, CMDLINE_SIZE, cmdline_len)
+    struct.pack_into("<Q", page, ACPI_RSDP_ADDR, acpi_rsdp)
     if initrd is not None:
         addr, size = initrd
         struct.pack_into("<I", page, RAMDISK_IMAGE, addr & 0xFFFFFFFF)

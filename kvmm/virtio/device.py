@@ -10,14 +10,17 @@ eventfds or guest addresses of its own: the transport hands it checked
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from typing import Callable
 
-from kvmm.devices.irq import IrqTrigger
-from kvmm.memory import GuestMemory
 from kvmm.virtio.queue import Queue, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:            # typing and logging stay off the boot path
+    from collections.abc import Callable
+
+    from kvmm.devices.protocols import IrqTrigger
+    from kvmm.memory import GuestMemory
 
 # §5 Device Types: device ids
 VIRTIO_ID_NET = 1
@@ -75,12 +78,18 @@ class VirtioInterrupt:
             self.status = 0
 
 
+WARNING = 30      # logging.WARNING
+ERROR = 40        # logging.ERROR
+
+
 class RateLimitedLog:
     """A logger that writes at most `per_second` lines a second, then says how
-    many it held back (a guest must not be able to flood the host's log)."""
+    many it held back (a guest must not be able to flood the host's log).
+    `logging` is imported on the first line written, not before."""
 
-    def __init__(self, logger: logging.Logger, prefix: str, per_second: int = 5):
-        self.logger = logger
+    def __init__(self, logger_name: str, prefix: str, per_second: int = 5):
+        self.logger_name = logger_name
+        self.logger = None
         self.prefix = prefix
         self.per_second = per_second
         self._window = 0.0
@@ -90,6 +99,9 @@ class RateLimitedLog:
 
     def log(self, level: int, msg: str, *args, exc_info=None) -> bool:
         now = time.monotonic()
+        if self.logger is None:
+            import logging
+            self.logger = logging.getLogger(self.logger_name)
         with self._lock:
             if now - self._window >= 1.0:
                 held, self.suppressed = self.suppressed, 0
@@ -107,10 +119,10 @@ class RateLimitedLog:
         return True
 
     def warning(self, msg: str, *args, exc_info=None) -> bool:
-        return self.log(logging.WARNING, msg, *args, exc_info=exc_info)
+        return self.log(WARNING, msg, *args, exc_info=exc_info)
 
     def error(self, msg: str, *args, exc_info=None) -> bool:
-        return self.log(logging.ERROR, msg, *args, exc_info=exc_info)
+        return self.log(ERROR, msg, *args, exc_info=exc_info)
 
 
 class VirtioDevice:

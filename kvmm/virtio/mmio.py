@@ -15,14 +15,11 @@ against processing; InterruptStatus/ACK and QueueNotify do not take it.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import struct
 import threading
 
 from kvmm.arch.x86_64.layout import VIRTIO_MMIO_SIZE
-from kvmm.devices.irq import IrqTrigger
-from kvmm.memory import GuestMemory
 from kvmm.virtio.device import (
     STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
     STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, RateLimitedLog, VirtioDevice,
@@ -31,7 +28,11 @@ from kvmm.virtio.device import (
 from kvmm.virtio.errors import QueueError, VirtioError
 from kvmm.virtio.queue import Queue
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmm.devices.protocols import IrqTrigger
+    from kvmm.eventloop import EventLoop
+    from kvmm.memory import GuestMemory
 
 # §4.2.2 MMIO Device Register Layout (offsets from the device's base)
 MAGIC_VALUE = 0x000
@@ -115,7 +116,8 @@ class MmioTransport:
     """
 
     def __init__(self, device: VirtioDevice, mem: GuestMemory, interrupt: IrqTrigger, *,
-                 loop=None, name: str | None = None, log_per_second: int = 5):
+                 loop: EventLoop | None = None, name: str | None = None,
+                 log_per_second: int = 5):
         if not device.avail_features >> VIRTIO_F_VERSION_1 & 1:
             raise VirtioError(f"{device.name}: a virtio-mmio v2 device must offer "
                               "VIRTIO_F_VERSION_1")
@@ -129,7 +131,7 @@ class MmioTransport:
         self._lock = threading.Lock()
         self._loop = None
         self._timers: list[tuple[float, int]] = []   # retries waiting, when there is no loop
-        self.log = RateLimitedLog(log, self.name, log_per_second)
+        self.log = RateLimitedLog(__name__, self.name, log_per_second)
         self.counters = {"queue_errors": 0, "bad_accesses": 0, "notifications": 0,
                          "resets": 0, "activations": 0}
         self.config_generation = 0
@@ -158,7 +160,7 @@ class MmioTransport:
         queue index."""
         return [(QUEUE_NOTIFY, i, fd) for i, fd in enumerate(self._notify_fds)]
 
-    def attach(self, loop) -> None:
+    def attach(self, loop: EventLoop) -> None:
         """Run queue handlers on `loop` (a kvmm.eventloop.EventLoop) when the
         queue eventfds fire."""
         self._loop = loop

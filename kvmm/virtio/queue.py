@@ -145,7 +145,7 @@ class Queue:
         self._mem: GuestMemory | None = None
         self._regions: tuple[tuple[int, int], ...] = ()
         self._avail_idx = 0
-        self._signalled_used: int | None = None
+        self._signalled_used = 0
         self._used_event_off = 0
         self._avail_event_off = 0
 
@@ -187,7 +187,7 @@ class Queue:
         self._used_event_off = RING_HEADER + 2 * size
         self._avail_event_off = RING_HEADER + USED_ELEM_SIZE * size
         self._avail_idx = self.next_avail
-        self._signalled_used = None
+        self._signalled_used = self.next_used
         self.broken = None
 
     # Taking chains. -------------------------------------------------------
@@ -325,8 +325,6 @@ class Queue:
             return False
         self._signalled_used = new
         if self.event_idx:
-            if old is None:
-                return True
             used_event = _U16.unpack_from(self._avail, self._used_event_off)[0]
             # vring_need_event(): notify if used_event lies in [old, new).
             return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF

@@ -49,6 +49,9 @@ VIF_START = 0xA0000         # one 4 KiB page per vCPU (software-virtualization K
 MAX_VCPUS = 64
 VIF_END = VIF_START + MAX_VCPUS * PAGE_SIZE    # 0xe0000, where the ACPI area starts
 ACPI_START = 0xE0000
+ACPI_RSDP = ACPI_START       # the RSDP, where Linux's BIOS-area scan finds it (ACPI 6.5 5.2.5.1)
+ACPI_TABLES = ACPI_START + 0x40   # XSDT, FADT, MADT, DSDT follow it (kvmm/arch/x86_64/acpi.py)
+ACPI_END = 0x100000
 BIOS_END = 0x100000
 HIMEM_START = 0x100000       # kernels load here and above
 
@@ -71,6 +74,7 @@ PORT_DEBUG_EXIT = 0xF4        # same port as QEMU's isa-debug-exit
 PORT_COM1 = 0x3F8             # 8250 COM1, 8 registers
 PORT_BOOT_TIMER = 0x440       # kvmm: guest signals "ready"
 PORT_BENCH = 0x441            # kvmm: writes dropped, reads 0 (exit microbenchmark)
+PORT_ACPI_SLEEP = 0x3C0       # kvmm: ACPI sleep control/status register (FADT); no VGA here
 
 # Legacy interrupt lines (ISA IRQs on the IOAPIC)
 IRQ_COM1 = 4

@@ -6,19 +6,16 @@ os.pwritev straight between the image and memoryviews of guest RAM, then the
 status byte, then the used element; one interrupt per batch (EVENT_IDX
 suppresses the rest). FLUSH completes only after os.fdatasync returns.
 
-Rate limiting hook: `limiter.admit(request)` returns 0 to go on, or the
-seconds to wait. A refused request stays in the available ring (undo_pop)
+Rate limiting hook: `limiter.admit(request)` (kvmm.virtio.protocols.
+RequestLimiter) returns 0 to go on, or the seconds to wait. A refused request stays in the available ring (undo_pop)
 and the queue is processed again from a timer (VirtioDevice.retry_later).
 """
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import struct
-from typing import Protocol
 
-from kvmm.memory import GuestMemory
 from kvmm.virtio.blk.drive import (
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, SECTOR_SHIFT, SECTOR_SIZE,
     Drive, fallocate,
@@ -35,7 +32,10 @@ from kvmm.virtio.device import (
 )
 from kvmm.virtio.queue import Queue
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmm.memory import GuestMemory
+    from kvmm.virtio.protocols import RequestLimiter
 
 # §5.2.3 Feature bits
 VIRTIO_BLK_F_SIZE_MAX = 1
@@ -63,13 +63,6 @@ MAX_DISCARD_SEGMENTS = 32
 # max_write_zeroes_seg, write_zeroes_may_unmap, unused1[3].
 _CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
 assert _CONFIG.size == 60
-
-
-class RequestLimiter(Protocol):
-    """The rate-limiter hook (kvmm/quota): 0 admits the request now; a positive
-    number of seconds leaves it in the queue and retries after that long."""
-
-    def admit(self, request: BlockRequest) -> float: ...
 
 
 def _advance(views: list[memoryview], done: int) -> list[memoryview]:
@@ -158,7 +151,7 @@ class Block(VirtioDevice):
             1 if self.can_write_zeroes and self.can_discard else 0)
         self.serial_bytes = drive.serial.encode("ascii")[:ID_BYTES].ljust(ID_BYTES, b"\0")
         self.limiter = limiter
-        self.log = RateLimitedLog(log, self.name, log_per_second)
+        self.log = RateLimitedLog(__name__, self.name, log_per_second)
         self._queue: Queue | None = None
         self._mem: GuestMemory | None = None
         self._interrupt: VirtioInterrupt | None = None

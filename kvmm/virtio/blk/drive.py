@@ -11,14 +11,11 @@ for read-only drives, keeps two monitors from writing one image.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
 import os
-import re
 import stat
-from dataclasses import dataclass
 
 from kvmm.virtio.errors import DriveError
 
@@ -26,7 +23,8 @@ SECTOR_SIZE = 512            # virtio-blk sectors are always 512 bytes (§5.2.4)
 SECTOR_SHIFT = 9
 SERIAL_MAX = 20              # VIRTIO_BLK_ID_BYTES (§5.2.6: GET_ID, "up to 20 bytes")
 DRIVE_SYNTAX = "path=IMG[,ro][,id=NAME][,serial=S]"
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
+ID_MAX = 32
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 # linux/falloc.h
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -46,12 +44,35 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-@dataclass(frozen=True)
+def _valid_id(text: str) -> bool:
+    return (0 < len(text) <= ID_MAX and text[0].isascii() and text[0].isalnum()
+            and all(c in _ID_CHARS for c in text))
+
+
 class DriveConfig:
-    path: str
-    read_only: bool = False
-    id: str | None = None
-    serial: str | None = None
+    """One --drive option: the image, read-only or not, an id and a serial."""
+
+    __slots__ = ("path", "read_only", "id", "serial")
+
+    def __init__(self, path: str, read_only: bool = False, id: str | None = None,
+                 serial: str | None = None):
+        self.path = path
+        self.read_only = read_only
+        self.id = id
+        self.serial = serial
+
+    def _key(self) -> tuple:
+        return (self.path, self.read_only, self.id, self.serial)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DriveConfig) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"DriveConfig(path={self.path!r}, read_only={self.read_only}, id={self.id!r}, "
+                f"serial={self.serial!r})")
 
 
 def _split_options(text: str) -> list[str]:
@@ -75,6 +96,8 @@ def _split_options(text: str) -> list[str]:
 
 def parse_drive(text: str) -> DriveConfig:
     """Parse the CLI form `path=IMG[,ro][,id=NAME][,serial=S]` (",," escapes a comma)."""
+    if not text.strip():
+        raise DriveError(f"empty drive option; expected {DRIVE_SYNTAX}")
     seen: dict[str, str] = {}
     for item in _split_options(text):
         key, eq, value = item.partition("=")
@@ -96,7 +119,7 @@ def parse_drive(text: str) -> DriveConfig:
     if ro not in ("on", "off"):
         raise DriveError(f"drive {text!r}: ro takes no value (or on/off), not {ro!r}")
     drive_id = seen.get("id")
-    if drive_id is not None and not _ID_RE.match(drive_id):
+    if drive_id is not None and not _valid_id(drive_id):
         raise DriveError(f"drive id {drive_id!r} must be 1-32 letters, digits, '_', '.' or "
                          "'-', starting with a letter or digit")
     serial = seen.get("serial")
@@ -164,8 +187,10 @@ class Drive:
             self.can_write_zeroes = False
         if self.can_write_zeroes and self.can_discard:
             # Give back the blocks zero-range may have reserved past EOF.
-            with contextlib.suppress(OSError):
+            try:
                 fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | keep, probe_at, _PROBE_LEN)
+            except OSError:
+                pass
 
 
 def _label(config: DriveConfig, drive_id: str) -> str:
@@ -242,10 +267,10 @@ def open_drives(configs: list[DriveConfig]) -> list[Drive]:
 
     Drives without an id get `drive<N>` (N = position); ids must be unique.
     """
-    with contextlib.ExitStack() as stack:
-        drives: list[Drive] = []
-        ids: dict[str, DriveConfig] = {}
-        files: dict[tuple[int, int], str] = {}
+    drives: list[Drive] = []
+    ids: dict[str, DriveConfig] = {}
+    files: dict[tuple[int, int], str] = {}
+    try:
         for n, config in enumerate(configs):
             drive_id = config.id if config.id is not None else f"drive{n}"
             if drive_id in ids:
@@ -263,8 +288,10 @@ def open_drives(configs: list[DriveConfig]) -> list[Drive]:
                 raise DriveError(f"{_label(config, drive_id)}: the same file as drive "
                                  f"{files[key]!r}; a disk image can back only one drive")
             drive = open_drive(config, drive_id)
-            stack.callback(drive.close)
-            files[(drive.st_dev, drive.st_ino)] = drive_id
             drives.append(drive)
-        stack.pop_all()
-        return drives
+            files[(drive.st_dev, drive.st_ino)] = drive_id
+    except BaseException:
+        for drive in drives:
+            drive.close()
+        raise
+    return drives

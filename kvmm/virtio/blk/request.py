@@ -15,12 +15,14 @@ and the device gets DEVICE_NEEDS_RESET.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
-from kvmm.memory import GuestMemory
 from kvmm.virtio.blk.drive import SECTOR_SHIFT, SECTOR_SIZE, SERIAL_MAX
 from kvmm.virtio.errors import QueueError, VirtioError
-from kvmm.virtio.queue import DescriptorChain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmm.memory import GuestMemory
+    from kvmm.virtio.queue import DescriptorChain
 
 # §5.2.6 request types
 VIRTIO_BLK_T_IN = 0
@@ -46,15 +48,25 @@ _HEADER = struct.Struct("<IIQ")
 _SEGMENT = struct.Struct("<QII")
 
 
-@dataclass(frozen=True, slots=True)
 class RequestLimits:
     """What the device advertises in its configuration space (and enforces)."""
-    seg_max: int = 254
-    size_max: int = 1 << 22
-    max_discard_sectors: int = 1 << 22
-    max_discard_seg: int = 32
-    max_write_zeroes_sectors: int = 1 << 22
-    max_write_zeroes_seg: int = 32
+
+    __slots__ = ("seg_max", "size_max", "max_discard_sectors", "max_discard_seg",
+                 "max_write_zeroes_sectors", "max_write_zeroes_seg")
+
+    def __init__(self, seg_max: int = 254, size_max: int = 1 << 22,
+                 max_discard_sectors: int = 1 << 22, max_discard_seg: int = 32,
+                 max_write_zeroes_sectors: int = 1 << 22, max_write_zeroes_seg: int = 32):
+        self.seg_max = seg_max
+        self.size_max = size_max
+        self.max_discard_sectors = max_discard_sectors
+        self.max_discard_seg = max_discard_seg
+        self.max_write_zeroes_sectors = max_write_zeroes_sectors
+        self.max_write_zeroes_seg = max_write_zeroes_seg
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"RequestLimits({fields})"
 
 
 DEFAULT_LIMITS = RequestLimits()
