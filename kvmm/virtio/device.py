@@ -78,6 +78,7 @@ class VirtioInterrupt:
             self.status = 0
 
 
+LOGGER_NAME = "kvmm.virtio"
 WARNING = 30      # logging.WARNING
 ERROR = 40        # logging.ERROR
 
@@ -132,6 +133,8 @@ class VirtioDevice:
     VIRTIO_F_VERSION_1), `queue_max_sizes` and `config` (the configuration
     space bytes, little-endian), and implement `activate`, `reset` and
     `process_queue`. The transport sets `acked_features` before `activate`.
+    `log` is the device's one rate-limited log, shared with its transport, so
+    a guest gets at most `log_per_second` lines a second out of a device.
     """
 
     device_id: int = 0
@@ -140,8 +143,9 @@ class VirtioDevice:
     queue_max_sizes: tuple[int, ...] = ()
     config: bytes = b""
 
-    def __init__(self) -> None:
+    def __init__(self, log_per_second: int = 5) -> None:
         self.acked_features = 0
+        self.log = RateLimitedLog(LOGGER_NAME, self.name, log_per_second)
         self._retry_hook: Callable[[float, int], None] | None = None
 
     # Configuration space (§2.5); offsets are from the start of the space. ----

@@ -22,7 +22,7 @@ import threading
 from kvmm.arch.x86_64.layout import VIRTIO_MMIO_SIZE
 from kvmm.virtio.device import (
     STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
-    STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, RateLimitedLog, VirtioDevice,
+    STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1, VirtioDevice,
     VirtioInterrupt,
 )
 from kvmm.virtio.errors import QueueError, VirtioError
@@ -116,8 +116,7 @@ class MmioTransport:
     """
 
     def __init__(self, device: VirtioDevice, mem: GuestMemory, interrupt: IrqTrigger, *,
-                 loop: EventLoop | None = None, name: str | None = None,
-                 log_per_second: int = 5):
+                 loop: EventLoop | None = None, name: str | None = None):
         if not device.avail_features >> VIRTIO_F_VERSION_1 & 1:
             raise VirtioError(f"{device.name}: a virtio-mmio v2 device must offer "
                               "VIRTIO_F_VERSION_1")
@@ -131,7 +130,9 @@ class MmioTransport:
         self._lock = threading.Lock()
         self._loop = None
         self._timers: list[tuple[float, int]] = []   # retries waiting, when there is no loop
-        self.log = RateLimitedLog(__name__, self.name, log_per_second)
+        self.log = device.log          # one rate limit per device, shared with it
+        if name:
+            self.log.prefix = name
         self.counters = {"queue_errors": 0, "bad_accesses": 0, "notifications": 0,
                          "resets": 0, "activations": 0}
         self.config_generation = 0
@@ -421,7 +422,7 @@ class MmioTransport:
     def _on_notify(self, index: int) -> None:
         try:
             os.eventfd_read(self._notify_fds[index])
-        except BlockingIOError:
+        except (OSError, IndexError):     # nothing pending, or closed meanwhile
             return
         self.process(index)
 

@@ -428,28 +428,36 @@ def test_read_only_drive(ro_rig, image):
 
 
 # Rate-limit hook. ---------------------------------------------------------------------------
-class OneRefusal:
-    def __init__(self):
+class Limiter:
+    """Refuses the first `refusals` requests with a 0.25 s wait."""
+
+    def __init__(self, refusals):
+        self.refusals = refusals
         self.calls = []
 
     def admit(self, request):
         self.calls.append((request.type, request.nbytes))
-        return 0.25 if len(self.calls) == 1 else 0.0
+        if self.refusals:
+            self.refusals -= 1
+            return 0.25
+        return 0.0
 
 
 def test_throttled_request_stays_queued(mem, image):
-    limiter = OneRefusal()
+    limiter = Limiter(refusals=2)
     r = Rig(mem, DriveConfig(str(image)), limiter=limiter)
     try:
         r.drv.reset_scratch()
         head = r.drv.submit(r.drv.build(VIRTIO_BLK_T_IN, 0, in_len=512))
         assert r.drv.complete() == {}                        # refused: still in the ring
-        assert r.blk.stats()["throttled"] == 1
         assert r.transport._timers == [(0.25, 0)]
+        r.mmio.notify(0)                                     # a notification meanwhile,
+        assert r.drv.vq.get_used() == []                     # refused again,
+        assert r.transport._timers == [(0.25, 0)]             # but no second timer
+        assert r.blk.stats()["throttled"] == 2
         assert r.transport.run_timers() == 1                  # the retry timer fires
-        [res] = r.drv.vq.get_used()
-        assert res == (head, 513)
-        assert limiter.calls == [(VIRTIO_BLK_T_IN, 512)] * 2
+        assert r.drv.vq.get_used() == [(head, 513)]
+        assert limiter.calls == [(VIRTIO_BLK_T_IN, 512)] * 3
     finally:
         r.close()
 
@@ -611,6 +619,124 @@ def test_all_or_nothing(tmp_path, image):
 
 def test_fallocate_probe_leaves_image_alone(image):
     before = image.read_bytes()
+    blocks = os.stat(image).st_blocks
     [d] = open_drives([DriveConfig(str(image))])
     d.close()
     assert image.read_bytes() == before and os.path.getsize(image) == IMAGE_SIZE
+    assert os.stat(image).st_blocks == blocks
+
+
+def test_probe_without_tmpfile(image, monkeypatch):
+    """No O_TMPFILE in the image's directory: discard is probed past the end of
+    the image (allocating nothing), write-zeroes is not offered."""
+    from kvmm.virtio.blk import drive as drive_mod
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *a):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a)
+    monkeypatch.setattr(drive_mod.os, "open", no_tmpfile)
+    blocks = os.stat(image).st_blocks
+    [d] = open_drives([DriveConfig(str(image))])
+    try:
+        assert d.can_discard and not d.can_write_zeroes
+        assert os.stat(image).st_blocks == blocks
+    finally:
+        d.close()
+
+
+def test_write_zeroes_unsupported_where_not_offered(mem, image, monkeypatch):
+    from kvmm.virtio.blk import drive as drive_mod
+    monkeypatch.setattr(drive_mod.Drive, "probe_fallocate", lambda self: None)
+    r = Rig(mem, DriveConfig(str(image)))
+    try:
+        offered = r.mmio.device_features()
+        assert not offered & (bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES))
+        before = image.read_bytes()
+        for rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+            assert r.drv.segments(rtype, [(0, 8, 0)]).status == VIRTIO_BLK_S_UNSUPP
+        assert image.read_bytes() == before
+        cfg = memoryview(bytearray(24))
+        r.transport.read(mmio.CONFIG + 36, cfg)       # discard/write-zeroes limits
+        assert bytes(cfg) == bytes(24)
+    finally:
+        r.close()
+
+
+# The builder's wiring (kvmm/virtio/attach.py), with stand-ins for KVM. ------------------
+class FakeVm:
+    def __init__(self):
+        self.irqfds, self.ioeventfds = [], []
+
+    def register_irqfd(self, fd, gsi):
+        self.irqfds.append((fd, gsi))
+
+    def register_ioeventfd(self, fd, addr, length, datamatch=None, pio=False):
+        self.ioeventfds.append((fd, addr, length, datamatch, pio))
+
+
+class FakeLoop:
+    def __init__(self):
+        self.readers = {}
+
+    def add_reader(self, fd, cb):
+        self.readers[fd] = cb
+
+    def remove_reader(self, fd):
+        self.readers.pop(fd, None)
+
+
+def test_attach_drives_wiring(mem, tmp_path):
+    from kvmm.arch.x86_64 import layout
+    from kvmm.cleanup import Cleanup
+    from kvmm.devices.bus import Bus
+    from kvmm.virtio.attach import attach_drives
+
+    class FakeMachine:
+        pass
+    m = FakeMachine()
+    m.vm, m.mem, m.loop = FakeVm(), mem, FakeLoop()
+    m.mmio_bus = Bus("MMIO", 1 << 64)
+    m.virtio_devices = []
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"{k}.img"
+        p.write_bytes(bytes(4096))
+        paths.append(DriveConfig(str(p), id=f"d{k}"))
+    with Cleanup() as stack:
+        transports = attach_drives(m, paths, stack)
+        assert m.virtio_devices == transports
+        assert [gsi for _fd, gsi in m.vm.irqfds] == [layout.VIRTIO_IRQ_BASE,
+                                                      layout.VIRTIO_IRQ_BASE + 1]
+        for slot, t in enumerate(transports):
+            base = layout.virtio_mmio_base(slot)
+            dev, off = m.mmio_bus.find(base + mmio.MAGIC_VALUE, 4)
+            assert dev is t and off == 0
+            [(fd, addr, length, datamatch, pio)] = [e for e in m.vm.ioeventfds
+                                                    if e[1] == base + 0x50]
+            assert (length, datamatch, pio) == (4, 0, False)
+            assert fd in m.loop.readers
+        # The first device answers on the bus.
+        data = memoryview(bytearray(4))
+        m.mmio_bus.read(layout.VIRTIO_MMIO_START, data)
+        assert bytes(data) == b"virt"
+    assert m.loop.readers == {}             # torn down with the stack
+    [d] = open_drives([paths[0]])           # and the image lock released
+    d.close()
+
+
+def test_attach_drives_bad_image_touches_nothing(mem, tmp_path):
+    from kvmm.cleanup import Cleanup
+    from kvmm.devices.bus import Bus
+    from kvmm.virtio.attach import attach_drives
+
+    class FakeMachine:
+        pass
+    m = FakeMachine()
+    m.vm, m.mem, m.loop = FakeVm(), mem, FakeLoop()
+    m.mmio_bus = Bus("MMIO", 1 << 64)
+    m.virtio_devices = []
+    with Cleanup() as stack, pytest.raises(DriveError, match="does not exist"):
+        attach_drives(m, [DriveConfig(str(tmp_path / "missing.img"))], stack)
+    assert m.vm.irqfds == [] and m.mmio_bus.devices() == []

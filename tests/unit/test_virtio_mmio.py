@@ -390,7 +390,7 @@ def test_broken_queue_needs_reset(drv, mem, dev, irq, caplog):
     vqs = queues(mem)
     drv.start(vqs)
     vqs[0].set_avail_idx(100)                      # more than the queue size ahead
-    with caplog.at_level(logging.WARNING, logger="kvmm.virtio.mmio"):
+    with caplog.at_level(logging.WARNING, logger="kvmm.virtio"):
         drv.notify(0)
     assert drv.status() & STATUS_DEVICE_NEEDS_RESET
     assert drv.interrupt_status() & INTERRUPT_CONFIG_CHANGE
@@ -439,7 +439,7 @@ def test_other_devices_go_on(mem):
 
 
 def test_log_is_rate_limited(transport, caplog):
-    with caplog.at_level(logging.WARNING, logger="kvmm.virtio.mmio"):
+    with caplog.at_level(logging.WARNING, logger="kvmm.virtio"):
         for _ in range(100):
             transport.read(mmio.MAGIC_VALUE, memoryview(bytearray(1)))
     assert transport.counters["bad_accesses"] == 100

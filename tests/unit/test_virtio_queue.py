@@ -373,7 +373,7 @@ def test_event_idx_used_event(mem):
         vq.add_chain([(DATA, 1, True)])
     chains = pop_all(q)
     q.add_used(chains[0].head, 1)
-    assert q.needs_notification()              # first batch always
+    assert q.needs_notification()              # used_event 0 (zeroed ring): 0 -> 1 crosses it
     vq.set_used_event(2)                       # "interrupt me when used idx passes 2"
     q.add_used(chains[1].head, 1)              # used idx 2
     assert not q.needs_notification()

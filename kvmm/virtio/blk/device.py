@@ -6,15 +6,17 @@ os.pwritev straight between the image and memoryviews of guest RAM, then the
 status byte, then the used element; one interrupt per batch (EVENT_IDX
 suppresses the rest). FLUSH completes only after os.fdatasync returns.
 
-Rate limiting hook: `limiter.admit(request)` (kvmm.virtio.protocols.
-RequestLimiter) returns 0 to go on, or the seconds to wait. A refused request stays in the available ring (undo_pop)
-and the queue is processed again from a timer (VirtioDevice.retry_later).
+Rate-limit hook: `limiter.admit(request)` (kvmm.virtio.protocols.RequestLimiter)
+returns 0 to go on, or the seconds to wait. A refused request stays in the
+available ring (Queue.undo_pop) and the queue is processed again from a timer
+(VirtioDevice.retry_later, on the EventLoop).
 """
 from __future__ import annotations
 
 import errno
 import os
 import struct
+import time
 
 from kvmm.virtio.blk.drive import (
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, SECTOR_SHIFT, SECTOR_SIZE,
@@ -28,7 +30,7 @@ from kvmm.virtio.blk.request import (
 )
 from kvmm.virtio.device import (
     VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
-    RateLimitedLog, VirtioDevice, VirtioInterrupt, bit,
+    VirtioDevice, VirtioInterrupt, bit,
 )
 from kvmm.virtio.queue import Queue
 
@@ -104,14 +106,14 @@ class Block(VirtioDevice):
     def __init__(self, drive: Drive, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  size_max: int = DEFAULT_SIZE_MAX, limiter: RequestLimiter | None = None,
                  log_per_second: int = 5):
-        super().__init__()
+        self.name = f"virtio-blk:{drive.id}"
+        super().__init__(log_per_second)
         if queue_size < 4 or queue_size & (queue_size - 1) or queue_size > 32768:
             raise ValueError(f"virtio-blk queue size {queue_size} is not a power of two "
                              "in 4..32768")
         if not SECTOR_SIZE <= size_max <= 0xFFFF_FFFF:
             raise ValueError(f"virtio-blk size_max {size_max} outside 512..2**32-1")
         self.drive = drive
-        self.name = f"virtio-blk:{drive.id}"
         self.queue_max_sizes = (queue_size,)
         self.read_only = drive.read_only
         self.capacity = drive.capacity
@@ -151,11 +153,10 @@ class Block(VirtioDevice):
             1 if self.can_write_zeroes and self.can_discard else 0)
         self.serial_bytes = drive.serial.encode("ascii")[:ID_BYTES].ljust(ID_BYTES, b"\0")
         self.limiter = limiter
-        self.log = RateLimitedLog(__name__, self.name, log_per_second)
         self._queue: Queue | None = None
         self._mem: GuestMemory | None = None
         self._interrupt: VirtioInterrupt | None = None
-        self._retry_pending = False
+        self._retry_at = 0.0           # when the pending retry timer fires
         self.reads = self.writes = self.read_bytes = self.write_bytes = 0
         self.flushes = self.discards = self.write_zeroes = self.get_ids = 0
         self.errors = self.unsupported = self.throttled = 0
@@ -171,7 +172,7 @@ class Block(VirtioDevice):
         self._queue = None
         self._mem = None
         self._interrupt = None
-        self._retry_pending = False
+        self._retry_at = 0.0
 
     def stats(self) -> dict[str, int]:
         return {"reads": self.reads, "writes": self.writes, "read_bytes": self.read_bytes,
@@ -184,7 +185,6 @@ class Block(VirtioDevice):
         q = self._queue
         if q is None:
             return
-        self._retry_pending = False
         mem = self._mem
         capacity = self.capacity
         limits = self.limits
@@ -209,8 +209,7 @@ class Block(VirtioDevice):
                         if wait > 0:
                             q.undo_pop()
                             self.throttled += 1
-                            if not self._retry_pending:
-                                self._retry_pending = self.retry_later(wait, index)
+                            self._schedule_retry(wait, index)
                             return        # the finally below still signals
                     q.add_used(chain.head, execute(req))
                 if not q.enable_notification():
@@ -218,6 +217,13 @@ class Block(VirtioDevice):
         finally:
             if q.needs_notification():
                 self._interrupt.signal_used()
+
+    def _schedule_retry(self, wait: float, index: int) -> None:
+        """One retry timer at a time: a notification that arrives while the
+        queue is throttled does not add another."""
+        now = time.monotonic()
+        if now >= self._retry_at and self.retry_later(wait, index):
+            self._retry_at = now + wait
 
     # Requests. ----------------------------------------------------------------
     def _refuse(self, e: BadRequest) -> None:

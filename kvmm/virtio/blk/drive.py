@@ -169,28 +169,43 @@ class Drive:
 
     def probe_fallocate(self) -> None:
         """Find out which of DISCARD (punch hole) and WRITE_ZEROES (zero range) the
-        file system does, without touching the image's data: both are tried
-        past the end of the file, with KEEP_SIZE."""
+        image's file system does, without touching the image: both are tried on
+        an unnamed O_TMPFILE in the image's directory. Where no such file can be
+        made (directory not writable, file system without O_TMPFILE), punch hole
+        is tried past the image's end, which allocates nothing, and WRITE_ZEROES
+        is not offered."""
         if self.read_only or self.is_block_device:
             return
-        probe_at = (self.size + _PROBE_LEN - 1) // _PROBE_LEN * _PROBE_LEN + _PROBE_LEN
         keep = FALLOC_FL_KEEP_SIZE
+        directory = os.path.dirname(os.path.realpath(self.path)) or "."
         try:
-            fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | keep, probe_at, _PROBE_LEN)
-            self.can_discard = True
+            tmp = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         except OSError:
-            self.can_discard = False
+            tmp = -1
+        if tmp < 0:
+            probe_at = (self.size + _PROBE_LEN - 1) // _PROBE_LEN * _PROBE_LEN + _PROBE_LEN
+            self.can_discard = _fallocate_works(self.fd, FALLOC_FL_PUNCH_HOLE | keep,
+                                                probe_at, _PROBE_LEN)
+            return
         try:
-            fallocate(self.fd, FALLOC_FL_ZERO_RANGE | keep, probe_at, _PROBE_LEN)
-            self.can_write_zeroes = True
-        except OSError:
-            self.can_write_zeroes = False
-        if self.can_write_zeroes and self.can_discard:
-            # Give back the blocks zero-range may have reserved past EOF.
             try:
-                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | keep, probe_at, _PROBE_LEN)
+                os.posix_fallocate(tmp, 0, 4 * _PROBE_LEN)
             except OSError:
-                pass
+                os.ftruncate(tmp, 4 * _PROBE_LEN)
+            self.can_discard = _fallocate_works(tmp, FALLOC_FL_PUNCH_HOLE | keep,
+                                                _PROBE_LEN, _PROBE_LEN)
+            self.can_write_zeroes = _fallocate_works(tmp, FALLOC_FL_ZERO_RANGE | keep,
+                                                     2 * _PROBE_LEN, _PROBE_LEN)
+        finally:
+            os.close(tmp)
+
+
+def _fallocate_works(fd: int, mode: int, offset: int, length: int) -> bool:
+    try:
+        fallocate(fd, mode, offset, length)
+    except OSError:
+        return False
+    return True
 
 
 def _label(config: DriveConfig, drive_id: str) -> str:
