@@ -136,12 +136,42 @@ class Machine:
 
     def release_for_exit(self) -> None:
         """Before the process exits: stop, flush, and undo only what process exit
-        would not (terminal mode, cgroups); fds and guest RAM go with the process."""
+        would not (terminal mode, cgroups); fds and guest RAM go with the process.
+
+        Destroying a VM with an in-kernel irqchip and PIT takes the kernel
+        10-20 ms (grace periods). A child process keeps the KVM fds open until
+        this process has exited and then drops the last references, so the
+        monitor's exit (and its status) does not wait for that."""
         if not self.stopping:
             self._request_stop(StopReason("stopped", 0, "closed"))
         if self.console is not None:
             self.console.flush()
         self._cleanup.close(essential_only=True)
+        self._hand_off_teardown()
+
+    def _hand_off_teardown(self) -> None:
+        keep = [fd for fd in [getattr(self.kvm, "fd", -1), getattr(self.vm, "fd", -1)]
+                + [v.fd for v in self.vcpus] if fd >= 0]
+        if not keep:
+            return
+        try:
+            rfd, wfd = os.pipe()
+            pid = os.fork()
+        except OSError:
+            return          # the process exit will tear the VM down instead
+        if pid == 0:        # the child: hold the KVM fds until the parent is gone
+            try:
+                os.close(wfd)
+                keep = sorted(keep + [rfd])
+                low = 0
+                for fd in keep:
+                    os.closerange(low, fd)
+                    low = fd + 1
+                os.closerange(low, 1 << 20)
+                os.read(rfd, 1)         # EOF when the parent has exited
+            finally:
+                os._exit(0)
+        os.close(rfd)       # wfd stays open until this process exits
 
     def __enter__(self) -> Machine:
         return self
@@ -375,14 +405,15 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
         vm.set_tss_addr(TSS_ADDR)
     except OSError:
         pass  # only VMX needs it
-    vm.create_irqchip()
-    vm.create_pit2()
-
+    # Memory slots before the in-kernel irqchip: with the irqchip present each
+    # slot change waits for a kernel grace period (~7 ms here).
     mem = GuestMemory(prep.ram, backing=config.mem_backing, prefault=config.mem_prefault,
                       lock=config.mem_lock)
     stack.callback(mem.close)
     m.mem = mem
     mem.register(vm, dirty_log=config.dirty_log)
+    vm.create_irqchip()
+    vm.create_pit2()
 
     # Boot structures and the kernel.
     loaded = prep.kernel.load(prep.image, mem)
