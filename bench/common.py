@@ -56,6 +56,7 @@ class Guest:
     params: tuple = ()          # (key, value) pairs, in command-line order
     mem: str = "64M"            # both monitors accept K/M/G suffixes
     vcpus: int = 1
+    drives: tuple = ()          # raw image paths, one virtio-blk device each
 
     @property
     def cmdline(self) -> str:
@@ -88,9 +89,10 @@ class Kvmm(Monitor):
         self.python = python
 
     def command(self, guest: Guest, kernel: Path, timeout: float) -> list[str]:
+        drives = [a for path in guest.drives for a in ("--drive", f"path={path}")]
         return [self.python, "-S", "-m", "kvmm", "run", "--kernel", str(kernel),
                 "--mem", guest.mem, "--vcpus", str(guest.vcpus), "--cmdline", guest.cmdline,
-                "--console", "stdout", "--timeout", f"{timeout:g}"]
+                "--console", "stdout", "--timeout", f"{timeout:g}", *drives]
 
     def guest_status(self, returncode: int) -> int | None:
         return returncode if 0 <= returncode <= 0xFF else None
@@ -114,7 +116,12 @@ class Qemu(Monitor):
                 "-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio",
                 "-no-reboot", "-kernel", str(kernel), "-append", guest.cmdline,
                 "-device", f"isa-debug-exit,iobase={QEMU_DEBUG_EXIT_PORT:#x},"
-                f"iosize={QEMU_DEBUG_EXIT_SIZE}"]
+                f"iosize={QEMU_DEBUG_EXIT_SIZE}",
+                # QEMU's virtio-mmio is legacy (version 1) unless told otherwise
+                *(("-global", "virtio-mmio.force-legacy=false") if guest.drives else ()),
+                *[a for i, path in enumerate(guest.drives) for a in (
+                    "-drive", f"id=d{i},file={path},format=raw,if=none",
+                    "-device", f"virtio-blk-device,drive=d{i}")]]
 
     def guest_status(self, returncode: int) -> int | None:
         return returncode >> 1 if returncode > 0 and returncode & 1 else None
@@ -197,6 +204,7 @@ class Process:
     maxrss_kib: int              # wait4 ru_maxrss, see peak_rss_kib
     rss_floor_kib: int = 0       # the harness's own RSS at spawn
     hwm_sampled_kib: int = 0     # largest VmHWM read from /proc while it ran
+    cpu_seconds: float = 0.0     # user + system time of the process (wait4)
 
     @property
     def peak_rss_kib(self) -> int:
@@ -307,7 +315,7 @@ def spawn(argv: list, timeout: float, sample_rss: bool = False) -> Process:
             os.close(fd)
     return Process(argv, os.waitstatus_to_exitcode(wstatus), _since(first_byte, start),
                    exited - start, b"".join(chunks[out_r]), b"".join(chunks[err_r]),
-                   rusage.ru_maxrss, floor, hwm)
+                   rusage.ru_maxrss, floor, hwm, rusage.ru_utime + rusage.ru_stime)
 
 
 def _since(t: float | None, start: float) -> float | None:
