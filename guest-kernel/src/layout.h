@@ -8,6 +8,8 @@
  *   0x100000-...     the image: text, rodata, data (GDT, prebuilt page
  *                    tables), bss, and the NOLOAD "noinit" area (stacks,
  *                    VIF pages, page-directory pool); see kernel.ld
+ *   RAM above the image  virtio rings and buffers (palloc.c), only in the
+ *                    modes that use virtio devices
  * Nothing else is written outside the image except by the "mem" mode. */
 #ifndef KVMM_GUEST_LAYOUT_H
 #define KVMM_GUEST_LAYOUT_H

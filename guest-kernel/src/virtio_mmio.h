@@ -1,7 +1,7 @@
 /* virtio_mmio.h - virtio-mmio transports named on the command line as
  * "virtio_mmio.device=<size>@<base>:<irq>[:<id>]" (Linux
- * drivers/virtio/virtio_mmio.c syntax; size takes K/M/G). Drivers will
- * probe these and register their IRQ with irq_register_gsi(). */
+ * drivers/virtio/virtio_mmio.c syntax; size takes K/M/G). The virtio
+ * drivers (virtio.h) find their devices among these. */
 #ifndef KVMM_GUEST_VIRTIO_MMIO_H
 #define KVMM_GUEST_VIRTIO_MMIO_H
 

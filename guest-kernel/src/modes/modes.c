@@ -14,6 +14,13 @@ static const struct mode modes[] = {
 	{ "mmiobench", mode_mmiobench },
 	{ "exception", mode_exception },
 	{ "irq", mode_irq },
+	{ "blktest", mode_blktest },
+	{ "blkbench", mode_blkbench },
+	{ "blkwrite", mode_blkwrite },
+	{ "hostile-blk", mode_hostile_blk },
+	{ "netecho", mode_netecho },
+	{ "netbench", mode_netbench },
+	{ "hostile-net", mode_hostile_net },
 };
 
 const struct mode *mode_find(const char *name)

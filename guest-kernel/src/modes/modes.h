@@ -22,5 +22,12 @@ noreturn void mode_iobench(void);
 noreturn void mode_mmiobench(void);
 noreturn void mode_exception(void);
 noreturn void mode_irq(void);
+noreturn void mode_blktest(void);
+noreturn void mode_blkbench(void);
+noreturn void mode_blkwrite(void);
+noreturn void mode_hostile_blk(void);
+noreturn void mode_netecho(void);
+noreturn void mode_netbench(void);
+noreturn void mode_hostile_net(void);
 
 #endif
