@@ -141,6 +141,9 @@ def test_bad_drives(tmp_path):
     ro = image(tmp_path, "ro.img", 1 << 20)
     os.chmod(ro, 0o444)
     one_line_error(kvmm("run", "--drive", f"path={ro}"), "ro")
+    unreadable = image(tmp_path, "unreadable.img", 1 << 20)
+    os.chmod(unreadable, 0o000)
+    one_line_error(kvmm("run", "--drive", f"path={unreadable}"), "cannot be read")
 
 
 def test_image_in_use_by_another_monitor(guest_kernel, tmp_path):
