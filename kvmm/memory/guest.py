@@ -99,6 +99,8 @@ class GuestMemory:
                                           slot=len(self.regions)))
             self._starts.append(guest_addr)
         self.size = sum(r.size for r in self.regions)
+        # (region, first address, one past the last), for the lookup hot path
+        self._bounds = [(r, r.guest_addr, r.end) for r in self.regions]
         self.backing = backing
 
     @staticmethod
@@ -142,6 +144,7 @@ class GuestMemory:
             _libc.munmap(region.host_addr, region.size)
         self.regions = []
         self._starts = []
+        self._bounds = []
 
     def __enter__(self) -> GuestMemory:
         return self
@@ -152,14 +155,15 @@ class GuestMemory:
     # Lookup. -------------------------------------------------------------
     def _find(self, addr: int, length: int) -> tuple[GuestRegion, int]:
         """The region holding [addr, addr+length) whole, and the offset in it."""
-        if addr < 0 or length < 0 or addr + length > ADDRESS_LIMIT:
+        end = addr + length
+        if addr < 0 or length < 0 or end > ADDRESS_LIMIT:
             raise GuestMemoryError(addr, length, "outside the 64-bit address space")
-        for region in self.regions:
-            if region.guest_addr <= addr < region.end:
-                if addr + length > region.end:
+        for region, start, stop in self._bounds:
+            if start <= addr < stop:
+                if end > stop:
                     raise GuestMemoryError(addr, length,
-                                           f"runs past the end of RAM at {region.end:#x}")
-                return region, addr - region.guest_addr
+                                           f"runs past the end of RAM at {stop:#x}")
+                return region, addr - start
         raise GuestMemoryError(addr, length, "not guest RAM")
 
     def contains(self, addr: int, length: int = 1) -> bool:
