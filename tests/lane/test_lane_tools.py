@@ -74,6 +74,7 @@ def test_lane_command_quotes_and_options():
     cmdline = argv[argv.index("--cmdline") + 1].split()
     assert "lane.disk=1" in cmdline and "lane.net=1" in cmdline and "lane.cpus=2" in cmdline
     assert argv[argv.index("--drive") + 1] == "path=/dev/shm/lane-disk.img"
+    assert argv[argv.index("--net") + 1] == "tap=lane0"
     argv2 = shlex.split(parts[3])
     assert argv2[argv2.index("--kernel") + 1] == "/c/vmlinux" and "--drive" not in argv2
 

@@ -238,3 +238,21 @@ def test_acpi_sleep_register():
     buf = bytearray(b"\xff")
     dev.read(0, memoryview(buf))
     assert buf == b"\x00"
+
+
+# The CPUID side of the CPU description must agree with the MADT ---------------------
+def test_cpuid_apic_ids_match_the_madt():
+    from kvmm.ioctl.structs import KvmCpuidEntry2
+    from kvmm.vcpu import setup
+    supported = [KvmCpuidEntry2(function=f, index=0, eax=0, ebx=0, ecx=0, edx=0)
+                 for f in (1, 0xB, 0x1F, 0x8000001E)]
+    n = 3
+    madt = acpi.build_madt(n)
+    madt_ids = [madt[44 + i * 8 + 3] for i in range(n)]
+    for i in range(n):
+        leaves = {e.function: e for e in setup.vcpu_cpuid(supported, i, n)}
+        assert leaves[1].ebx >> 24 == madt_ids[i]                  # initial APIC id
+        assert (leaves[1].ebx >> 16) & 0xFF == n                    # logical processors
+        assert leaves[0xB].edx == leaves[0x1F].edx == madt_ids[i]   # x2APIC id
+        assert leaves[0x8000001E].eax == madt_ids[i]                # AMD extended APIC id
+        assert leaves[0x8000001E].ebx & 0xFF == i                   # AMD core id
