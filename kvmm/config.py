@@ -64,7 +64,19 @@ class VmConfig:
         self.dirty_log = False
         self.cpuid_hide: frozenset = frozenset()
         self.drives: list = []           # kvmm.virtio.blk DriveConfig
+        self.nets: list = []             # kvmm.virtio.net NetConfig (TAPs open at build)
         self.interactive: bool | None = None   # stdin to the console; None = if a TTY
+        # Quotas (kvmm.quota): group shorthands, --rate-limit JSON per target,
+        # the monitor's cgroup and CPU placement, the control socket.
+        self.drive_group: dict = {}
+        self.net_group: dict = {}
+        self.rate_limits: dict = {}
+        self.throttle_backoff_ms = 0     # emulate a fixed back-off (benchmarks only)
+        self.mem_overhead_limit: int | None = None
+        self.cpu_quota: float | None = None
+        self.cpu_pin: list | None = None
+        self.api_sock: str | None = None
+        self.stats_file: str | None = None
         for key, value in kwargs.items():
             if not hasattr(self, key):
                 raise TypeError(f"VmConfig has no setting {key!r}")
@@ -89,5 +101,20 @@ class VmConfig:
         if self.mem_backing not in MEM_BACKINGS:
             raise ConfigError(f"--mem-backing {self.mem_backing!r}: use one of "
                               f"{', '.join(MEM_BACKINGS)}")
+        if self.cpu_pin is not None:
+            if len(self.cpu_pin) != self.vcpus:
+                raise ConfigError(f"--cpu-pin lists {len(self.cpu_pin)} CPUs for "
+                                  f"{self.vcpus} vCPUs; give one host CPU per vCPU")
+            allowed = os.sched_getaffinity(0)
+            bad = [c for c in self.cpu_pin if c not in allowed]
+            if bad:
+                raise ConfigError(f"--cpu-pin: host CPU(s) {bad} are not available to kvmm "
+                                  f"(allowed: {sorted(allowed)})")
+        if self.cpu_quota is not None and not 0.01 <= self.cpu_quota <= os.cpu_count():
+            raise ConfigError(f"--cpu-quota {self.cpu_quota}: give a number of CPUs from 0.01 "
+                              f"to {os.cpu_count()}")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"--timeout {self.timeout}: give a positive number of seconds")
+        if self.nets:
+            from kvmm.virtio.net.config import check_nets
+            check_nets(self.nets)        # NetError (a ValueError) names the NIC

@@ -88,6 +88,9 @@ class Machine:
         self.pvm = False
         self.boot_timer = BootTimer(self.created, self._log_ready)
         self.virtio_devices: list = []
+        self.quota = None          # kvmm.quota.guest.GuestQuota, when there are devices
+        self.cgroup = None         # kvmm.quota.cgroup.GuestCgroup, when limits ask for one
+        self.control = None        # kvmm.api.control.ControlServer, with --api-sock
 
     # Life cycle. -----------------------------------------------------------
     def start(self) -> None:
@@ -267,6 +270,26 @@ class Machine:
         self.report_lines.append(f"boot timer: guest ready {seconds * 1e3:.2f} ms after "
                                  "the monitor started")
 
+    def stats(self) -> dict:
+        """Counters of the running guest: devices, rate limiters, memory."""
+        out = {"devices": {}, "limits": self.quota.stats() if self.quota else {}}
+        for transport in self.virtio_devices:
+            out["devices"][transport.name] = transport.stats()
+        memory = {"guest_ram": self.config.mem_size}
+        if self.mem is not None:
+            memory["guest_ram_touched"] = self.mem.resident_bytes()
+        try:
+            import psutil
+            info = psutil.Process().memory_full_info()
+            memory.update(monitor_rss=info.rss, monitor_pss=info.pss, monitor_uss=info.uss)
+        except (ImportError, OSError):
+            pass
+        if self.cgroup is not None:
+            memory["cgroup"] = self.cgroup.memory_usage()
+        out["memory"] = memory
+        out["exits"] = {f"vcpu{t.vcpu.index}": t.exits for t in self.threads}
+        return out
+
     def _console_tail(self) -> list[str]:
         if self.console is None:
             return []
@@ -346,7 +369,7 @@ def prepare(config: VmConfig) -> PreparedBoot:
     ram = layout.ram_regions(config.mem_size)
     low_ram_end = ram[0][0] + ram[0][1]
     kernel.check_fits(low_ram_end)
-    virtio = _virtio_resources(len(config.drives))
+    virtio = _virtio_resources(len(config.drives) + len(config.nets))
     cmdline = _with_virtio_words(config.cmdline, virtio)
     try:
         encoded = params.encode_cmdline(cmdline, kernel.cmdline_max + 1)
@@ -405,6 +428,8 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
         vm.set_tss_addr(TSS_ADDR)
     except OSError:
         pass  # only VMX needs it
+    if config.mem_overhead_limit is not None or config.cpu_quota is not None:
+        _enter_cgroup(m, config, stack)     # before guest RAM, so that RAM is charged there
     # Memory slots before the in-kernel irqchip: with the irqchip present each
     # slot change waits for a kernel grace period (~7 ms here).
     mem = GuestMemory(prep.ram, backing=config.mem_backing, prefault=config.mem_prefault,
@@ -458,9 +483,23 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
         interactive = config.console == "stdout" and os.isatty(0) and os.isatty(1)
     if interactive:
         _attach_stdin(m, stack)
+    if config.drives or config.nets:
+        from kvmm.quota.guest import GuestQuota
+        m.quota = GuestQuota(backoff_ns=config.throttle_backoff_ms * 1_000_000)
     if config.drives:
         from kvmm.virtio.attach import attach_drives
         attach_drives(m, config.drives, stack)
+    if config.nets:                    # after the drives: slots as counted in prepare()
+        from kvmm.virtio.attach import attach_nets
+        attach_nets(m, config.nets, stack)
+
+    if config.drive_group or config.net_group or config.rate_limits:
+        _apply_limits(m, config)
+    if config.api_sock:
+        from kvmm.api.control import ControlServer
+        m.control = ControlServer(config.api_sock, m)
+        stack.essential(m.control.close)
+        m.control.attach(m.loop)
 
     # vCPUs.
     supported = kvm.supported_cpuid()
@@ -483,6 +522,39 @@ def _build(m: Machine, config: VmConfig, prep: PreparedBoot, kvm: Kvm | None,
     bsp.set_fpu(fpu)
     if m.pvm:
         bsp.set_msrs({setup.MSR_PVM_VIF_PAGE: layout.vif_page(0) | setup.PVM_HOST_WRITE_VALID})
+
+
+def _enter_cgroup(m: Machine, config: VmConfig, stack: Cleanup) -> None:
+    from kvmm.quota.cgroup import CgroupError, GuestCgroup
+    limit = None
+    if config.mem_overhead_limit is not None:
+        limit = config.mem_size + config.mem_overhead_limit
+    try:
+        m.cgroup = GuestCgroup(f"{os.getpid()}", limit, config.cpu_quota)
+    except CgroupError as e:
+        raise ConfigError(str(e)) from None
+    stack.essential(m.cgroup.close)
+
+
+def _apply_limits(m: Machine, config: VmConfig) -> None:
+    """Group limits and --rate-limit settings, checked against the devices."""
+    from kvmm.quota.limits import LimitError, spec_from_json, spec_from_shorthand
+    quota = m.quota
+    if quota is None:
+        raise ConfigError("rate limits are given but the guest has no drive or NIC")
+    try:
+        if config.drive_group:
+            quota.set_group("drives", spec_from_shorthand(config.drive_group))
+        for direction in ("rx", "tx"):
+            if config.net_group:
+                quota.set_group(f"nets:{direction}",
+                                spec_from_shorthand(config.net_group, f"{direction}_"))
+        quota.check_targets(config.rate_limits)
+        for target, obj in config.rate_limits.items():
+            spec = spec_from_json(obj, f"--rate-limit {target}")
+            quota.limiters[target].update(bandwidth=spec.bandwidth, ops=spec.ops)
+    except LimitError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _attach_stdin(m: Machine, stack: Cleanup) -> None:

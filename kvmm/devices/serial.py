@@ -63,6 +63,9 @@ class ConsoleSink:
         self._lock = threading.Lock()
         self.captured = bytearray() if capture else None
         self.total = 0
+        # Called with each chunk of output as it arrives, on the vCPU thread and
+        # outside the lock (e.g. `kvmm boot-test` watching for a pattern); keep it short.
+        self.observer = None
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -73,6 +76,9 @@ class ConsoleSink:
             self._remember(data)
             if b"\n" in data or len(self._buf) >= self._threshold:
                 self._flush_locked()
+        observer = self.observer
+        if observer is not None:
+            observer(data)
 
     def _remember(self, data: bytes) -> None:
         self._partial += data

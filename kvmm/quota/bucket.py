@@ -130,7 +130,8 @@ class RateLimiter:
 
     def try_consume(self, nbytes: int) -> bool:
         """Take one op and `nbytes` from this limiter and its parents, or nothing."""
-        chain = list(self._all())
+        chain = [self, *self.parents] if not any(p.parents for p in self.parents) else list(
+            self._all())
         if not all(limiter._own_ok(nbytes) for limiter in chain):
             for limiter in chain:
                 limiter._mark_throttled()

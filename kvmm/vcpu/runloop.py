@@ -7,6 +7,7 @@ and stops the VM with a register dump.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 from kvmm.ioctl import KvmError
@@ -31,6 +32,9 @@ class VcpuThread(threading.Thread):
             x.IoOut, x.IoIn, x.MmioWrite, x.MmioRead, x.Interrupted)
         run = vcpu.run
         exits = 0
+        pin = m.config.cpu_pin
+        if pin is not None:
+            os.sched_setaffinity(0, {pin[vcpu.index]})     # 0: this thread
         try:
             while not m.stopping:
                 ex = run()

@@ -49,6 +49,8 @@ CPUID_LEAF_FEATURES = 1
 CPUID_LEAF_CACHE = 4
 CPUID_LEAF_XSAVE = 0xD
 CPUID_LEAF_TOPOLOGY = 0xB
+CPUID_LEAF_TOPOLOGY_V2 = 0x1F      # Intel SDM: V2 extended topology, x2APIC id in EDX too
+CPUID_LEAF_AMD_TOPOLOGY = 0x8000001E   # AMD APM vol. 3: extended APIC id, core and node ids
 CPUID_1_ECX_XSAVE = 1 << 26
 CPUID_1_ECX_OSXSAVE = 1 << 27
 CPUID_1_ECX_HYPERVISOR = 1 << 31
@@ -110,8 +112,15 @@ def vcpu_cpuid(supported: list[KvmCpuidEntry2], index: int, num_vcpus: int,
             e.ecx |= CPUID_1_ECX_HYPERVISOR
             if num_vcpus > 1:
                 e.edx |= CPUID_1_EDX_HTT
-        elif e.function == CPUID_LEAF_TOPOLOGY:
+        elif e.function in (CPUID_LEAF_TOPOLOGY, CPUID_LEAF_TOPOLOGY_V2):
             e.edx = index           # x2APIC id
+        elif e.function == CPUID_LEAF_AMD_TOPOLOGY:
+            # KVM reports zeros; Linux reads core ids here when TOPOEXT is set.
+            # EAX extended APIC id, EBX[7:0] core id (one thread per core),
+            # ECX node 0 of one node per package.
+            e.eax = index
+            e.ebx = index & 0xFF
+            e.ecx = 0
         elif e.function == CPUID_LEAF_CACHE:
             # EAX[31:26]: cores per package - 1
             e.eax = (e.eax & 0x03FFFFFF) | ((max(num_vcpus, 1) - 1) << 26)

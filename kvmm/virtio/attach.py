@@ -1,10 +1,13 @@
-"""Wiring virtio-blk drives into a Machine (called by the builder, kvmm.machine).
+"""Wiring virtio-blk drives and virtio-net NICs into a Machine (called by the
+builder, kvmm.machine).
 
-Per drive, in slot order after any virtio device already attached:
-  1. the Drive is opened, checked and locked (open_drives, all or none);
+Per drive (per NIC: attach_nets), in slot order after any virtio device already
+attached:
+  1. the Drive is opened, checked and locked (open_drives, all or none; for a
+     NIC its TAP, open_nets);
   2. an EventFdTrigger for GSI `layout.VIRTIO_IRQ_BASE + slot`, bound with
      Vm.register_irqfd (interrupts never exit to user space);
-  3. a Block device behind an MmioTransport attached to the Machine's EventLoop;
+  3. a Block (a Net) device behind an MmioTransport attached to the Machine's EventLoop;
   4. the transport on the MMIO bus at `layout.virtio_mmio_base(slot)`,
      `layout.VIRTIO_MMIO_SIZE` bytes;
   5. each queue's eventfd bound with Vm.register_ioeventfd at base + 0x50,
@@ -54,20 +57,49 @@ def attach_drives(m, configs: list, stack) -> list[MmioTransport]:
         drives = open_drives(configs)
     for drive in drives:
         stack.callback(drive.close)
+    transports = []
+    quota = getattr(m, "quota", None)
+    for slot, drive in enumerate(drives, start=first):
+        limiter = None
+        if quota is not None:
+            from kvmm.quota.limits import spec_from_shorthand
+            limiter = quota.drive(drive.id, spec_from_shorthand(drive.config.limits))
+        transports.append(_attach_device(m, Block(drive, limiter=limiter), slot,
+                                         f"virtio-blk:{drive.id}", stack))
+    return transports
+
+
+def _attach_device(m, device, slot: int, name: str, stack) -> MmioTransport:
+    """Steps 2 to 5 above for one device in virtio-mmio slot `slot`."""
     from kvmm.devices.irq import EventFdTrigger
     vm = m.vm
-    transports = []
-    for slot, drive in enumerate(drives, start=first):
-        base, gsi = slot_resources(slot)
-        irq = EventFdTrigger(gsi)
-        stack.callback(irq.close)
-        vm.register_irqfd(irq.fd, gsi)     # KVM keeps its own reference: closing is safe
-        transport = MmioTransport(Block(drive), m.mem, irq, loop=m.loop,
-                                  name=f"virtio-blk:{drive.id}")
-        stack.callback(transport.close)
-        m.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
-        for offset, datamatch, fd in transport.notifiers():
-            vm.register_ioeventfd(fd, base + offset, QUEUE_NOTIFY_WIDTH, datamatch)
-        m.virtio_devices.append(transport)
-        transports.append(transport)
-    return transports
+    base, gsi = slot_resources(slot)
+    irq = EventFdTrigger(gsi)
+    stack.callback(irq.close)
+    vm.register_irqfd(irq.fd, gsi)     # KVM keeps its own reference: closing is safe
+    transport = MmioTransport(device, m.mem, irq, loop=m.loop, name=name)
+    stack.callback(transport.close)
+    m.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
+    for offset, datamatch, fd in transport.notifiers():
+        vm.register_ioeventfd(fd, base + offset, QUEUE_NOTIFY_WIDTH, datamatch)
+    m.virtio_devices.append(transport)
+    return transport
+
+
+def attach_nets(m, configs: list, stack) -> list[MmioTransport]:
+    """Attach a virtio-net device per NIC to Machine `m`, in the slots after the
+    devices already attached (drives first). `configs` are NetConfigs: every
+    TAP is opened here, all or none, before anything is added to the VM;
+    kvmm.virtio.net.NetError (a ValueError) says which NIC cannot be used.
+    The device watches its TAP on m.loop, the same I/O thread as its queues."""
+    first = len(m.virtio_devices)
+    for slot in range(first, first + len(configs)):
+        slot_resources(slot)          # fail before opening anything
+    from kvmm.virtio.net import Net, open_nets
+    nics = open_nets(configs)
+    for nic in nics:
+        stack.callback(nic.close)
+    return [_attach_device(m, Net(nic.tap, mac=nic.mac, net_id=nic.id, loop=m.loop,
+                                  mtu=nic.mtu),
+                           slot, f"virtio-net:{nic.id}", stack)
+            for slot, nic in enumerate(nics, start=first)]

@@ -24,6 +24,7 @@ Ordering: a used element is written before the used index that publishes it.
 from __future__ import annotations
 
 import struct
+import threading
 
 from kvmm.memory import GuestMemory, GuestMemoryError
 from kvmm.virtio.errors import QueueError
@@ -67,6 +68,7 @@ def used_ring_bytes(size: int) -> int:
 
 
 _U16 = struct.Struct("<H")
+_FENCE = threading.Lock()     # acquire + release: a full memory barrier
 _DESC = struct.Struct("<QIHH")
 _USED_ELEM = struct.Struct("<II")
 
@@ -117,7 +119,8 @@ class Queue:
     __slots__ = ("max_size", "size", "ready", "desc_table", "avail_ring", "used_ring",
                  "next_avail", "next_used", "event_idx", "indirect", "broken",
                  "_mask", "_desc", "_avail", "_used", "_mem", "_regions", "_avail_idx",
-                 "_signalled_used", "_used_event_off", "_avail_event_off")
+                 "_signalled_used", "_used_event_off", "_avail_event_off", "_used_flags",
+                 "_used_idx", "_avail_event")
 
     def __init__(self, max_size: int = 256):
         if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
@@ -186,6 +189,14 @@ class Queue:
         self.indirect = bool(features >> VIRTIO_RING_F_INDIRECT_DESC & 1)
         self._used_event_off = RING_HEADER + 2 * size
         self._avail_event_off = RING_HEADER + USED_ELEM_SIZE * size
+        # The fields the driver reads while the device runs are written with one
+        # store each, through typed views: struct.pack_into zero-fills its target
+        # before writing, and a driver polling used.idx would see it drop to 0.
+        used = self._used
+        self._used_flags = used[0:2].cast("H")
+        self._used_idx = used[2:4].cast("H")
+        off = self._avail_event_off
+        self._avail_event = used[off:off + 2].cast("H")
         self._avail_idx = self.next_avail
         self._signalled_used = self.next_used
         self.broken = None
@@ -313,7 +324,7 @@ class Queue:
                              head, written)
         nxt = (nxt + 1) & 0xFFFF
         self.next_used = nxt
-        _U16.pack_into(used, 2, nxt)
+        self._used_idx[0] = nxt
 
     def needs_notification(self) -> bool:
         """Whether the driver wants an interrupt for the used entries added since
@@ -334,14 +345,21 @@ class Queue:
     def disable_notification(self) -> None:
         """Ask the driver not to notify while the device is draining the queue."""
         if not self.event_idx:
-            _U16.pack_into(self._used, 0, VIRTQ_USED_F_NO_NOTIFY)
+            self._used_flags[0] = VIRTQ_USED_F_NO_NOTIFY
         # With EVENT_IDX, leaving avail_event behind next_avail has the same effect.
 
     def enable_notification(self) -> bool:
         """Ask for notifications again; True if chains arrived meanwhile (the
         caller must then drain again, or a notification could be lost)."""
         if self.event_idx:
-            _U16.pack_into(self._used, self._avail_event_off, self.next_avail)
+            self._avail_event[0] = self.next_avail
         else:
-            _U16.pack_into(self._used, 0, 0)
+            self._used_flags[0] = 0
+        # A full barrier between that store and the load below (virtio 1.2 §2.7.10,
+        # Linux's virtqueue_enable_cb_prepare + mb()): x86 may satisfy the load
+        # before the store is visible, and the driver, which stores avail.idx and
+        # then loads avail_event, could then skip its notification while the
+        # device saw no new chain. A lock round trip is a locked instruction.
+        _FENCE.acquire()
+        _FENCE.release()
         return _U16.unpack_from(self._avail, 2)[0] != self.next_avail

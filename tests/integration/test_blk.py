@@ -152,3 +152,18 @@ def test_image_in_use_by_another_monitor(guest_kernel, tmp_path):
     with open(img, "rb+") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         one_line_error(kvmm("run", "--drive", f"path={img}"), "locked")
+
+
+@pytest.mark.parametrize("mode", ["blkbench poll=1 qd=4 pattern=rand seconds=1",
+                                  "blkbench poll=1 qd=1 seconds=1",
+                                  "blkmulti qd=2 seconds=1"])
+def test_polling_driver_sees_consistent_rings(guest_kernel, tmp_path, mode):
+    """A driver that polls the used ring while the device works must never see
+    a torn or transient used index (it would complete requests twice), and
+    must never miss a notification (it would time out)."""
+    a = image(tmp_path, "a.img", 16 << 20, fill=os.urandom(1 << 20))
+    b = image(tmp_path, "b.img", 16 << 20)
+    for _ in range(3):
+        r = kvmm("run", "--mem", "128M", "--drive", f"path={a}", "--drive", f"path={b}",
+                 "--cmdline", f"mode={mode}", "--timeout", "60", check_status=0)
+        assert r.verdict()["result"] == "PASS"

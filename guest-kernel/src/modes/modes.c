@@ -16,6 +16,7 @@ static const struct mode modes[] = {
 	{ "irq", mode_irq },
 	{ "blktest", mode_blktest },
 	{ "blkbench", mode_blkbench },
+	{ "blkmulti", mode_blkmulti },
 	{ "blkwrite", mode_blkwrite },
 	{ "hostile-blk", mode_hostile_blk },
 	{ "netecho", mode_netecho },

@@ -22,7 +22,7 @@ from kvmm.virtio.errors import DriveError
 SECTOR_SIZE = 512            # virtio-blk sectors are always 512 bytes (§5.2.4)
 SECTOR_SHIFT = 9
 SERIAL_MAX = 20              # VIRTIO_BLK_ID_BYTES (§5.2.6: GET_ID, "up to 20 bytes")
-DRIVE_SYNTAX = "path=IMG[,ro][,id=NAME][,serial=S]"
+DRIVE_SYNTAX = "path=IMG[,ro][,id=NAME][,serial=S][,bw=B/s][,bw_burst=B][,iops=N][,iops_burst=N]"
 ID_MAX = 32
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -52,14 +52,15 @@ def _valid_id(text: str) -> bool:
 class DriveConfig:
     """One --drive option: the image, read-only or not, an id and a serial."""
 
-    __slots__ = ("path", "read_only", "id", "serial")
+    __slots__ = ("path", "read_only", "id", "serial", "limits")
 
     def __init__(self, path: str, read_only: bool = False, id: str | None = None,
-                 serial: str | None = None):
+                 serial: str | None = None, limits: dict | None = None):
         self.path = path
         self.read_only = read_only
         self.id = id
         self.serial = serial
+        self.limits = limits or {}      # rate-limit shorthands (kvmm.quota.limits)
 
     def _key(self) -> tuple:
         return (self.path, self.read_only, self.id, self.serial)
@@ -73,6 +74,9 @@ class DriveConfig:
     def __repr__(self) -> str:
         return (f"DriveConfig(path={self.path!r}, read_only={self.read_only}, id={self.id!r}, "
                 f"serial={self.serial!r})")
+
+
+LIMIT_KEYS = ("bw", "bw_burst", "iops", "iops_burst")   # kvmm.quota.limits shorthands
 
 
 def _split_options(text: str) -> list[str]:
@@ -107,7 +111,7 @@ def parse_drive(text: str) -> DriveConfig:
             else:
                 raise DriveError(f"drive option {item!r} in {text!r} is not understood; "
                                  f"expected {DRIVE_SYNTAX}")
-        if key not in ("path", "ro", "id", "serial"):
+        if key not in ("path", "ro", "id", "serial") + LIMIT_KEYS:
             raise DriveError(f"unknown drive option {key!r} in {text!r}; expected {DRIVE_SYNTAX}")
         if key in seen:
             raise DriveError(f"drive option {key!r} given twice in {text!r}")
@@ -129,7 +133,15 @@ def parse_drive(text: str) -> DriveConfig:
         if len(serial) > SERIAL_MAX:
             raise DriveError(f"drive serial {serial!r} is {len(serial)} characters; "
                              f"virtio-blk allows at most {SERIAL_MAX}")
-    return DriveConfig(path=path, read_only=ro == "on", id=drive_id, serial=serial)
+    limits = {k: seen[k] for k in LIMIT_KEYS if k in seen}
+    if limits:
+        from kvmm.quota.limits import LimitError, spec_from_shorthand
+        try:
+            spec_from_shorthand(limits)
+        except LimitError as e:
+            raise DriveError(f"drive {text!r}: {e}") from None
+    return DriveConfig(path=path, read_only=ro == "on", id=drive_id, serial=serial,
+                       limits=limits)
 
 
 class Drive:

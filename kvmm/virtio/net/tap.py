@@ -3,13 +3,20 @@
 
 `open_tap(name)` attaches to an existing interface (no privilege needed beyond
 owning it) or creates one (CAP_NET_ADMIN), and explains every failure in one
-sentence before the guest boots.
+sentence before the guest boots. A TAP kvmm created is brought up (pyroute2,
+imported only then; a SIOCSIFFLAGS ioctl where pyroute2 is not installed, e.g.
+under `python -S`): the kernel refuses writes to a TAP that is down (EIO).
+Interfaces that already existed are left as their owner configured them.
+
+Everything here is asked of the kernel in the caller's network namespace
+(socket ioctls, not /sys, which shows the namespace it was mounted in).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import socket
 import struct
 
 TUN_DEVICE = "/dev/net/tun"
@@ -27,8 +34,16 @@ TUNGETIFF = 0x800454D2
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
 TUN_F_UFO = 0x10
 _IFREQ = struct.Struct("16sH22x")   # struct ifreq: name + flags, 40 bytes
+_IFREQ_INT = struct.Struct("16si20x")   # struct ifreq: name + ifr_mtu / ifr_ifindex
+# include/uapi/linux/sockios.h and if.h
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCGIFMTU = 0x8921
+IFF_UP = 0x1
+DEFAULT_MTU = 1500                # ETH_DATA_LEN
 
 
 class TapError(OSError):
@@ -42,17 +57,76 @@ def check_name(name: str) -> None:
     if not name or len(name.encode()) >= IFNAMSIZ:
         raise TapError(errno.EINVAL, f"TAP name {name!r} must be 1 to {IFNAMSIZ - 1} bytes "
                                      "(the kernel's IFNAMSIZ)")
-    if "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
-        raise TapError(errno.EINVAL, f"TAP name {name!r} may not contain '/' or spaces")
+    # net/core/dev.c dev_valid_name(): no '/', ':' or white space, not "." or ".."
+    if "/" in name or ":" in name or any(c.isspace() for c in name) or name in (".", ".."):
+        raise TapError(errno.EINVAL, f"TAP name {name!r} may not contain '/', ':' or spaces")
+
+
+def interface_index(name: str) -> int:
+    """The interface's index in this network namespace, 0 if there is none."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
 
 
 def interface_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    return interface_index(name) != 0
+
+
+def _ifreq_ioctl(request: int, arg: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        return fcntl.ioctl(s.fileno(), request, arg)
+
+
+def interface_mtu(name: str) -> int:
+    """The interface's MTU (SIOCGIFMTU), DEFAULT_MTU if it cannot be read."""
+    try:
+        return _IFREQ_INT.unpack(_ifreq_ioctl(SIOCGIFMTU, _IFREQ_INT.pack(name.encode(), 0)))[1]
+    except OSError:
+        return DEFAULT_MTU
+
+
+def set_link_up(name: str) -> None:
+    """Bring interface `name` up: pyroute2 where it is installed, else SIOCSIFFLAGS."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        flags = _IFREQ.unpack(_ifreq_ioctl(SIOCGIFFLAGS, _IFREQ.pack(name.encode(), 0)))[1]
+        _ifreq_ioctl(SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | IFF_UP))
+        return
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=name)
+            if not index:
+                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+            ipr.link("set", index=index[0], state="up")
+    except OSError:
+        raise
+    except Exception as e:           # pyroute2's NetlinkError carries the errno in .code
+        code = getattr(e, "code", 0) or errno.EIO
+        raise OSError(code, os.strerror(code)) from None
+
+
+def kernel_drops(name: str) -> int | None:
+    """Frames the kernel dropped because this TAP's queue was full (its
+    tx_dropped counter: the queue kvmm leaves frames in while the guest has no
+    receive buffers). None where /sys does not show this namespace's interface."""
+    base = f"/sys/class/net/{name}"
+    try:
+        with open(f"{base}/ifindex", "rb") as f:
+            if int(f.read()) != interface_index(name):
+                return None
+        with open(f"{base}/statistics/tx_dropped", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 class Tap:
     """An open TAP queue. `fd` is non-blocking; frames carry a virtio-net header
-    of `vnet_hdr_len` bytes in front."""
+    of `vnet_hdr_len` bytes in front. This is the backend interface of
+    kvmm.virtio.net.Net: `fd`, `name`, `set_offload`, `mtu`, `dropped`."""
 
     def __init__(self, fd: int, name: str, created: bool, vnet_hdr_len: int):
         self.fd = fd
@@ -61,7 +135,15 @@ class Tap:
         self.vnet_hdr_len = vnet_hdr_len
 
     def set_offload(self, flags: int) -> None:
+        """Which offloads the kernel may hand us on read (TUN_F_* bits); the
+        guest must have accepted the matching VIRTIO_NET_F_GUEST_* features."""
         fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+
+    def mtu(self) -> int:
+        return interface_mtu(self.name)
+
+    def dropped(self) -> int | None:
+        return kernel_drops(self.name)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -69,8 +151,9 @@ class Tap:
             self.fd = -1
 
 
-def open_tap(name: str, vnet_hdr_len: int = 12, offload: int = 0) -> Tap:
-    """Open TAP interface `name`, creating it when it does not exist."""
+def open_tap(name: str, vnet_hdr_len: int = 12, offload: int = 0, up: bool = True) -> Tap:
+    """Open TAP interface `name`, creating it when it does not exist (and then,
+    with `up`, bringing it up)."""
     check_name(name)
     existed = interface_exists(name)
     try:
@@ -89,6 +172,13 @@ def open_tap(name: str, vnet_hdr_len: int = 12, offload: int = 0) -> Tap:
             raise _explain(name, existed, e) from None
         fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", vnet_hdr_len))
         fcntl.ioctl(fd, TUNSETOFFLOAD, offload)
+        if up and not existed:
+            try:
+                set_link_up(name)
+            except OSError as e:
+                raise TapError(e.errno or errno.EIO, f"created TAP {name} but could not bring "
+                               f"it up ({e.strerror or e}): bring it up yourself (ip link set "
+                               f"{name} up) or run as root") from None
     except BaseException:
         os.close(fd)
         raise

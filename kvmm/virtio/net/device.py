@@ -1,0 +1,600 @@
+"""virtio-net (virtio 1.2 §5.1) on a TAP interface.
+
+Queues: 0 receive, 1 transmit (one pair, no control queue). Every buffer
+starts with the 12-byte struct virtio_net_hdr, num_buffers included
+(VERSION_1, §5.1.6.1); the TAP was opened with IFF_VNET_HDR and a header
+size of 12, so the header passes between guest and kernel as it is.
+
+Transmit (queue 1 notification, on the I/O thread): each chain is checked
+(device-readable only, room for header and Ethernet header, at most one
+frame's size); the header is copied out of guest memory, checked against the
+negotiated offloads and handed to os.writev with memoryviews of the rest of
+the chain: the frame goes from guest RAM to the kernel without a copy in
+between. At most `tx_budget` frames per wake-up; then the queue is processed
+again from the event loop (`retry_later(0)`), after anything else that is
+ready, so a guest flooding its transmit queue cannot starve other devices or
+the console.
+
+Receive: os.readv from the TAP straight into the guest's posted buffers
+(memoryviews of guest RAM), plus one device-owned overflow buffer at the end
+that catches a frame too large for the buffers (it is then dropped and
+counted, never delivered cut short). With VIRTIO_NET_F_MRG_RXBUF a frame may
+fill several chains (`num_buffers` in the header says how many); chains taken
+from the ring and not yet filled are kept for the next frame. The TAP fd is
+watched by the EventLoop only while the guest has room for a full frame: when
+it has none, the device stops reading, frames wait in the kernel's TAP queue
+(bounded by the TAP's txqueuelen; the kernel counts what it drops there,
+`stats()["tap_dropped"]`), receive notifications are enabled, and the guest's
+next receive-queue notification resumes reading. Nothing is dropped silently.
+
+Rate limiting: the same hook as virtio-blk, one limiter per direction,
+`limiter.admit_bytes(nbytes) -> seconds` (kvmm.quota.limits.RequestAdmission;
+a frame costs one op and its Ethernet length). A refused transmit frame stays
+in the available ring; a refused received frame stays, unpublished, in the
+buffers it was read into while the rest wait in the TAP; the queue is
+processed again once the limiter allows (VirtioDevice.retry_later).
+
+Threads: activate/reset come from a vCPU thread and process_queue from the
+I/O thread, all under the transport's lock. The TAP reader callback takes no
+lock: it only asks for process_queue(0) through the transport
+(`retry_later(0, RX_QUEUE)`), which takes the lock and marks the device
+DEVICE_NEEDS_RESET if the guest broke a queue.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+from kvmm.virtio.device import (
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_ID_NET,
+    VirtioDevice, VirtioInterrupt, bit,
+)
+from kvmm.virtio.net.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
+from kvmm.virtio.queue import Queue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmm.eventloop import EventLoop
+    from kvmm.memory import GuestMemory
+
+# §5.1.3 Feature bits
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
+VIRTIO_NET_F_MTU = 3
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
+VIRTIO_NET_F_MRG_RXBUF = 15
+VIRTIO_NET_F_STATUS = 16
+
+# §5.1.4 Device configuration layout
+VIRTIO_NET_S_LINK_UP = 1
+# struct virtio_net_config up to mtu: mac[6], status, max_virtqueue_pairs, mtu
+_CONFIG = struct.Struct("<6sHHH")
+assert _CONFIG.size == 12
+
+# §5.1.6 struct virtio_net_hdr
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+NET_HDR_LEN = 12                 # flags, gso_type, hdr_len, gso_size, csum_start,
+                                 # csum_offset, num_buffers (VERSION_1 always has it)
+HDR_FLAGS_OFFSET = 0
+HDR_GSO_TYPE_OFFSET = 1
+NUM_BUFFERS_OFFSET = 10
+_U16 = struct.Struct("<H")
+
+RX_QUEUE = 0
+TX_QUEUE = 1
+ETH_HLEN = 14                    # include/uapi/linux/if_ether.h
+VLAN_HLEN = 4
+MIN_MTU = 68                     # IPv4's minimum (RFC 791)
+MAX_MTU = 65535 - ETH_HLEN - VLAN_HLEN
+# §5.1.6.3.1: with GUEST_TSO/UFO and without MRG_RXBUF "buffers of at least
+# 65562 bytes", header included: the largest GSO frame is 65550 bytes.
+GSO_MAX_FRAME = 65562 - NET_HDR_LEN
+OVERFLOW_BYTES = 1 << 17         # more than any frame a TAP hands out (64 KiB GSO)
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+DEFAULT_QUEUE_SIZE = 256
+DEFAULT_BUDGET = 64              # frames per direction per wake-up
+TAP_RETRY_DELAY = 0.001          # s, after the TAP refused a write (EAGAIN/ENOBUFS)
+TAP_ERROR_DELAY = 0.1            # s, after an unexpected TAP read error
+
+OFFLOAD_FEATURES = (bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_GUEST_CSUM)
+                    | bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6)
+                    | bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6))
+
+
+def _advance(views: list[memoryview], done: int) -> list[memoryview]:
+    """The part of `views` after the first `done` bytes."""
+    rest = []
+    for v in views:
+        n = len(v)
+        if done >= n:
+            done -= n
+            continue
+        rest.append(v[done:] if done else v)
+        done = 0
+    return rest
+
+
+def _gather(views: list[memoryview], length: int) -> bytearray:
+    """A copy of the first `length` bytes of `views` (fewer if they are shorter)."""
+    out = bytearray()
+    for v in views:
+        need = length - len(out)
+        if need <= 0:
+            break
+        out += v[:need]
+    return out
+
+
+def _put(views: list[memoryview], offset: int, data: bytes) -> None:
+    """Write `data` at byte `offset` of the concatenation of `views`."""
+    pos = 0
+    for v in views:
+        n = len(v)
+        if offset < n:
+            take = min(n - offset, len(data) - pos)
+            v[offset:offset + take] = data[pos:pos + take]
+            pos += take
+            if pos == len(data):
+                return
+            offset = 0
+        else:
+            offset -= n
+
+
+class Net(VirtioDevice):
+    """A virtio-net device for one opened TAP (kvmm.virtio.net.tap.Tap or any
+    object with `fd`, `name`, `set_offload(flags)` and optionally `dropped()`).
+
+    `loop` (a kvmm.eventloop.EventLoop, or anything with add_reader and
+    remove_reader) watches the TAP; `mac` is 6 bytes; `mtu` is offered with
+    VIRTIO_NET_F_MTU and bounds frames without segmentation offload.
+    """
+
+    device_id = VIRTIO_ID_NET
+
+    def __init__(self, tap, *, mac: bytes, net_id: str = "net0", loop: EventLoop | None = None,
+                 mtu: int = 1500, queue_size: int = DEFAULT_QUEUE_SIZE, offloads: bool = True,
+                 rx_limiter=None, tx_limiter=None, rx_budget: int = DEFAULT_BUDGET,
+                 tx_budget: int = DEFAULT_BUDGET, log_per_second: int = 5):
+        self.name = f"virtio-net:{net_id}"
+        super().__init__(log_per_second)
+        if queue_size < 2 or queue_size & (queue_size - 1) or queue_size > 32768:
+            raise ValueError(f"virtio-net queue size {queue_size} is not a power of two "
+                             "in 2..32768")
+        if len(mac) != 6 or mac[0] & 1:
+            raise ValueError(f"virtio-net MAC {mac.hex(':')} is not a 6-byte unicast address")
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise ValueError(f"virtio-net MTU {mtu} outside {MIN_MTU}..{MAX_MTU}")
+        if rx_budget < 1 or tx_budget < 1:
+            raise ValueError("virtio-net budgets must be at least one frame")
+        self.tap = tap
+        self.net_id = net_id
+        self.mac = bytes(mac)
+        self.mtu = mtu
+        self.loop = loop
+        self.queue_max_sizes = (queue_size, queue_size)
+        features = (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX)
+                    | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_NET_F_MAC)
+                    | bit(VIRTIO_NET_F_STATUS) | bit(VIRTIO_NET_F_MTU)
+                    | bit(VIRTIO_NET_F_MRG_RXBUF))
+        if offloads:
+            features |= OFFLOAD_FEATURES
+        self.avail_features = features
+        self.config = _CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, 1, mtu)
+        self.rx_limiter = rx_limiter
+        self.tx_limiter = tx_limiter
+        self.rx_budget = rx_budget
+        self.tx_budget = tx_budget
+        self._overflow = memoryview(bytearray(OVERFLOW_BYTES))
+        self._rxq: Queue | None = None
+        self._txq: Queue | None = None
+        self._mem: GuestMemory | None = None
+        self._interrupt: VirtioInterrupt | None = None
+        self._watching = False         # the TAP fd is registered with the loop
+        self._tap_ready = False        # the TAP said readable and no read found it empty since
+        self._rx_kicked = False        # a wake-up from the TAP waits for process_queue(0)
+        self._held: list[tuple[int, list[memoryview], int]] = []   # RX chains taken, unfilled
+        self._held_cap = 0
+        self._pending = 0              # bytes of a received frame the limiter held back
+        self._retry_at = [0.0, 0.0]
+        self._negotiate(0)
+        self.rx_frames = self.rx_bytes = self.tx_frames = self.tx_bytes = 0
+        self.rx_dropped = self.tx_dropped = self.rx_deferred = 0
+        self.rx_throttled = self.tx_throttled = self.tx_yields = 0
+        self.rx_bad_chains = self.tx_bad_chains = self.tx_errors = self.rx_errors = 0
+
+    # Negotiated behaviour. -------------------------------------------------------
+    def _negotiate(self, acked: int) -> None:
+        def has(b: int) -> bool:
+            return bool(acked >> b & 1)
+        self._mrg = has(VIRTIO_NET_F_MRG_RXBUF)
+        self._guest_csum = has(VIRTIO_NET_F_GUEST_CSUM)
+        guest_gso = self._guest_csum and (has(VIRTIO_NET_F_GUEST_TSO4)
+                                          or has(VIRTIO_NET_F_GUEST_TSO6))
+        host_gso = has(VIRTIO_NET_F_CSUM) and (has(VIRTIO_NET_F_HOST_TSO4)
+                                               or has(VIRTIO_NET_F_HOST_TSO6))
+        plain_frame = max(self.mtu, 1500) + ETH_HLEN + VLAN_HLEN
+        # Room a received frame may need (header included) ...
+        self._rx_need = NET_HDR_LEN + (GSO_MAX_FRAME if guest_gso else plain_frame)
+        # ... and the largest frame the guest may send.
+        self._tx_max = GSO_MAX_FRAME if host_gso else plain_frame
+        self._tx_flags = VIRTIO_NET_HDR_F_NEEDS_CSUM if has(VIRTIO_NET_F_CSUM) else 0
+        gso = {VIRTIO_NET_HDR_GSO_NONE}
+        if host_gso and has(VIRTIO_NET_F_HOST_TSO4):
+            gso.add(VIRTIO_NET_HDR_GSO_TCPV4)
+        if host_gso and has(VIRTIO_NET_F_HOST_TSO6):
+            gso.add(VIRTIO_NET_HDR_GSO_TCPV6)
+        self._tx_gso = frozenset(gso)
+        self._tx_ecn = host_gso and has(VIRTIO_NET_F_HOST_ECN)
+        offload = 0
+        if self._guest_csum:
+            offload |= TUN_F_CSUM
+            if has(VIRTIO_NET_F_GUEST_TSO4):
+                offload |= TUN_F_TSO4
+            if has(VIRTIO_NET_F_GUEST_TSO6):
+                offload |= TUN_F_TSO6
+            if guest_gso and has(VIRTIO_NET_F_GUEST_ECN):
+                offload |= TUN_F_TSO_ECN
+        self._offload = offload
+
+    # VirtioDevice. ------------------------------------------------------------
+    def queues_required(self) -> int:
+        return 2
+
+    def activate(self, queues: list[Queue], mem: GuestMemory,
+                 interrupt: VirtioInterrupt) -> None:
+        self._negotiate(self.acked_features)
+        try:
+            self.tap.set_offload(self._offload)
+        except OSError as e:
+            # Without the offloads the kernel hands over whole, checksummed frames:
+            # still correct for the guest, only slower.
+            self.log.warning("TAP %s refused offloads %#x (%s); receiving without them",
+                             self.tap.name, self._offload, e)
+        self._rxq, self._txq = queues[RX_QUEUE], queues[TX_QUEUE]
+        self._mem = mem
+        self._interrupt = interrupt
+        self._tap_ready = False
+        self._rx_kicked = False
+        # The transport notifies both queues next; the first receive pass
+        # starts watching the TAP once the guest has posted buffers.
+
+    def reset(self) -> None:
+        self._unwatch()
+        if self._pending:
+            self.rx_dropped += 1       # read, held back by the limiter, never delivered
+        self._pending = 0
+        self._held = []
+        self._held_cap = 0
+        self._rxq = self._txq = None
+        self._mem = None
+        self._interrupt = None
+        self._retry_at = [0.0, 0.0]
+
+    def process_queue(self, index: int) -> None:
+        try:
+            if index == RX_QUEUE:
+                self._process_rx()
+            elif index == TX_QUEUE:
+                self._process_tx()
+        except BaseException:
+            # The transport marks the device DEVICE_NEEDS_RESET and stops
+            # processing it: stop reading the TAP too, or its readiness would
+            # wake the loop for nothing until the guest resets the device.
+            self._unwatch()
+            raise
+
+    def stats(self) -> dict[str, int]:
+        out = {"rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
+               "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes,
+               "rx_dropped": self.rx_dropped, "tx_dropped": self.tx_dropped,
+               "rx_deferred": self.rx_deferred, "rx_throttled": self.rx_throttled,
+               "tx_throttled": self.tx_throttled, "tx_yields": self.tx_yields,
+               "rx_bad_chains": self.rx_bad_chains, "tx_bad_chains": self.tx_bad_chains,
+               "rx_errors": self.rx_errors, "tx_errors": self.tx_errors}
+        dropped = getattr(self.tap, "dropped", None)
+        if dropped is not None:
+            kernel = dropped()
+            if kernel is not None:
+                out["tap_dropped"] = kernel
+        return out
+
+    # The TAP on the event loop. ------------------------------------------------------
+    def _watch(self) -> None:
+        if not self._watching and self.loop is not None:
+            self.loop.add_reader(self.tap.fd, self._on_tap_readable)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.loop.remove_reader(self.tap.fd)
+
+    def _on_tap_readable(self) -> None:
+        """EventLoop reader callback (I/O thread, no lock): have the transport run
+        process_queue(RX_QUEUE) under its lock, in this same loop iteration.
+
+        If the previous wake-up was never handled (the transport skips a queue
+        that is not ready, or a device that needs a reset), stop watching: the
+        readiness is level-triggered and would otherwise spin the loop.
+        """
+        self._tap_ready = True
+        if self._rx_kicked:
+            self._unwatch()
+            return
+        self._rx_kicked = True
+        self.retry_later(0.0, RX_QUEUE)
+
+    def _schedule(self, index: int, delay: float) -> None:
+        """One retry timer per queue at a time (a notification that arrives while
+        the queue waits does not add another)."""
+        now = time.monotonic()
+        if now >= self._retry_at[index] and self.retry_later(delay, index):
+            self._retry_at[index] = now + delay
+
+    # Receive. -------------------------------------------------------------------
+    def _process_rx(self) -> None:
+        self._rx_kicked = False
+        q = self._rxq
+        if q is None:
+            return
+        try:
+            if self._pending:
+                # A frame read earlier that the limiter held back goes first.
+                if not self._rx_admitted(self._pending):
+                    return
+                self._publish(self._pending)
+                self._pending = 0
+            q.disable_notification()
+            budget = self.rx_budget
+            frames = 0
+            while frames < budget:
+                if not self._have_room(q):
+                    if q.enable_notification():
+                        continue              # buffers arrived meanwhile
+                    # No room for a frame: leave frames in the TAP's queue until
+                    # the guest posts buffers and notifies.
+                    if self._watching and self._tap_ready:
+                        self.rx_deferred += 1
+                    self._unwatch()
+                    return
+                self._watch()
+                n = self._read_frame()
+                if n < 0:
+                    return                    # TAP empty (watched) or read error (retry set)
+                frames += 1
+                if n == 0:
+                    continue                  # dropped and counted
+                if not self._rx_admitted(n):
+                    self._pending = n
+                    return
+                self._publish(n)
+        finally:
+            if q.needs_notification():
+                self._interrupt.signal_used()
+
+    def _have_room(self, q: Queue) -> bool:
+        """Take chains from the ring until a full frame fits (one chain without
+        MRG_RXBUF, enough chains for `_rx_need` bytes with it)."""
+        if self._mrg:
+            need = self._rx_need
+            while self._held_cap < need:
+                if not self._take_chain(q):
+                    # All the ring's descriptors are ours and still too small:
+                    # use them (a larger frame is dropped and counted).
+                    return self._held_cap > 0 and len(self._held) >= q.size
+            return True
+        while not self._held:
+            if not self._take_chain(q):
+                return False
+        return True
+
+    def _take_chain(self, q: Queue) -> bool:
+        """Pop one receive chain into `_held`; False when the ring is empty. A
+        chain the device cannot write a header into goes back used, length 0."""
+        while True:
+            chain = q.pop()
+            if chain is None:
+                return False
+            total = chain.total_len
+            if any(not w for _a, _n, w in chain.buffers):
+                self._bad_chain(q, chain.head, "a device-readable buffer in a receive chain")
+                continue
+            if total < NET_HDR_LEN:
+                self._bad_chain(q, chain.head, f"a {total}-byte receive chain (the header "
+                                f"alone needs {NET_HDR_LEN})")
+                continue
+            self._held.append((chain.head, chain.views(self._mem), total))
+            self._held_cap += total
+            return True
+
+    def _bad_chain(self, q: Queue, head: int, what: str) -> None:
+        self.rx_bad_chains += 1
+        self.log.warning("returned %s unused", what)
+        q.add_used(head, 0)
+
+    def _read_frame(self) -> int:
+        """Read one frame into the held chains: its length with the header, 0 if
+        it was dropped (too large for them, or a runt), -1 if there was none."""
+        if self._mrg:
+            iov = []
+            for _head, views, _cap in self._held:
+                iov += views
+            capacity = self._held_cap
+        else:
+            _head, iov, capacity = self._held[0]
+            iov = list(iov)
+        if len(iov) >= IOV_MAX:
+            del iov[IOV_MAX - 1:]
+            capacity = sum(len(v) for v in iov)
+        iov.append(self._overflow)
+        try:
+            n = os.readv(self.tap.fd, iov)
+        except BlockingIOError:
+            self._tap_ready = False
+            return -1
+        except InterruptedError:
+            return -1
+        except OSError as e:
+            self.rx_errors += 1
+            self.log.error("reading TAP %s failed: %s", self.tap.name, e)
+            self._unwatch()
+            self._schedule(RX_QUEUE, TAP_ERROR_DELAY)
+            return -1
+        if n > capacity:
+            self.rx_dropped += 1
+            self.log.warning("dropped a %d-byte frame: the guest's receive buffers hold %d",
+                             n - NET_HDR_LEN, capacity - NET_HDR_LEN)
+            return 0
+        if n < NET_HDR_LEN + ETH_HLEN:
+            self.rx_dropped += 1
+            return 0
+        return n
+
+    def _rx_admitted(self, n: int) -> bool:
+        limiter = self.rx_limiter
+        if limiter is None:
+            return True
+        wait = limiter.admit_bytes(n - NET_HDR_LEN)
+        if wait <= 0:
+            return True
+        self.rx_throttled += 1
+        self._unwatch()                      # the rest waits in the TAP
+        self._schedule(RX_QUEUE, wait)
+        return False
+
+    def _publish(self, n: int) -> None:
+        """Hand the frame of `n` bytes (header included) in the held chains to
+        the guest: fix up the header, then one used element per chain."""
+        q = self._rxq
+        held = self._held
+        if self._mrg:
+            used = []
+            left = n
+            for head, _views, cap in held:
+                take = cap if cap < left else left
+                used.append((head, take))
+                left -= take
+                if not left:
+                    break
+            count = len(used)
+        else:
+            used = [(held[0][0], n)]
+            count = 1
+        first = held[0][1]
+        # The kernel fills the first 10 bytes and skips num_buffers (it only
+        # knows struct virtio_net_hdr): that field is the device's (§5.1.6.4).
+        if len(first[0]) >= NET_HDR_LEN:
+            v = first[0]
+            _U16.pack_into(v, NUM_BUFFERS_OFFSET, count)
+            if not self._guest_csum:
+                v[HDR_FLAGS_OFFSET] = 0       # §5.1.6.4.1: flags zero without GUEST_CSUM
+        else:
+            _put(first, NUM_BUFFERS_OFFSET, _U16.pack(count))
+            if not self._guest_csum:
+                _put(first, HDR_FLAGS_OFFSET, b"\0")
+        for head, length in used:
+            q.add_used(head, length)
+        self._held_cap -= sum(cap for _h, _v, cap in held[:count])
+        del held[:count]
+        self.rx_frames += 1
+        self.rx_bytes += n - NET_HDR_LEN
+
+    # Transmit. ------------------------------------------------------------------
+    def _process_tx(self) -> None:
+        q = self._txq
+        if q is None:
+            return
+        budget = self.tx_budget
+        frames = 0
+        send = self._send
+        try:
+            while True:
+                q.disable_notification()
+                while True:
+                    if frames >= budget:
+                        # Let the loop serve everything else, then go on.
+                        self.tx_yields += 1
+                        self._schedule(TX_QUEUE, 0.0)
+                        return
+                    chain = q.pop()
+                    if chain is None:
+                        break
+                    frames += 1
+                    if not send(chain):
+                        q.undo_pop()          # the frame waits in the ring
+                        return
+                    q.add_used(chain.head, 0)
+                if not q.enable_notification():
+                    break
+        finally:
+            if q.needs_notification():
+                self._interrupt.signal_used()
+
+    def _send(self, chain) -> bool:
+        """Send (or drop, counting it) one transmit chain; False to try it again later."""
+        total = chain.total_len
+        if any(w for _a, _n, w in chain.buffers):
+            return self._drop_tx("a device-writable buffer in a transmit chain", bad=True)
+        if total < NET_HDR_LEN + ETH_HLEN:
+            return self._drop_tx(f"a {total}-byte transmit chain, shorter than the header and "
+                                 "an Ethernet header", bad=True)
+        flen = total - NET_HDR_LEN
+        if flen > self._tx_max:
+            return self._drop_tx(f"a {flen}-byte frame, larger than the {self._tx_max} bytes "
+                                 "negotiated")
+        views = chain.views(self._mem)
+        # Copy the header once, check the copy, send the copy (STYLE rule 7).
+        hdr = _gather(views, NET_HDR_LEN)
+        flags = hdr[HDR_FLAGS_OFFSET]
+        gso = hdr[HDR_GSO_TYPE_OFFSET]
+        if flags & ~self._tx_flags:
+            return self._drop_tx(f"header flags {flags:#x} the driver may not set", bad=True)
+        if gso & ~VIRTIO_NET_HDR_GSO_ECN not in self._tx_gso or (
+                gso & VIRTIO_NET_HDR_GSO_ECN and not self._tx_ecn):
+            return self._drop_tx(f"header gso_type {gso:#x} was not negotiated", bad=True)
+        hdr[NUM_BUFFERS_OFFSET:NET_HDR_LEN] = b"\0\0"
+        limiter = self.tx_limiter
+        if limiter is not None:
+            wait = limiter.admit_bytes(flen)
+            if wait > 0:
+                self.tx_throttled += 1
+                self._schedule(TX_QUEUE, wait)
+                return False
+        iov = [hdr]
+        iov += _advance(views, NET_HDR_LEN)
+        if len(iov) > IOV_MAX:
+            iov = [hdr, b"".join(iov[1:])]
+        try:
+            os.writev(self.tap.fd, iov)
+        except (BlockingIOError, InterruptedError):
+            self._schedule(TX_QUEUE, TAP_RETRY_DELAY)
+            return False
+        except OSError as e:
+            # EIO: the TAP is down; EINVAL: the kernel refused the header.
+            self.tx_errors += 1
+            return self._drop_tx(f"TAP {self.tap.name} refused a {flen}-byte frame "
+                                 f"({e.strerror or e})")
+        self.tx_frames += 1
+        self.tx_bytes += flen
+        return True
+
+    def _drop_tx(self, why: str, bad: bool = False) -> bool:
+        self.tx_dropped += 1
+        if bad:
+            self.tx_bad_chains += 1
+        self.log.warning("dropped %s", why)
+        return True

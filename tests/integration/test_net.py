@@ -1,0 +1,425 @@
+"""virtio-net end to end: real guests (the project's guest kernel, modes netecho,
+netbench and hostile-net) on TAP interfaces, the host talking to them.
+
+Every test makes its own network namespaces (kvmm-t<pid>-<n>) with its own
+TAP/bridge devices and addresses in 10.200.0.0/16, runs the monitor inside one
+(`ip netns exec NS python -m kvmm run ...`), sends traffic only inside them,
+and deletes them afterwards (deleting a namespace destroys its TAPs and
+bridges). Needs root and /dev/net/tun besides /dev/kvm; skipped with the
+reason otherwise (a failure with KVMM_REQUIRE_KVM=1, as in CI).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import queue
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.integration.conftest import REPO, Run, require
+
+pytestmark = pytest.mark.kvm
+
+CLONE_NEWNET = 0x40000000        # include/uapi/linux/sched.h
+ECHO_PORT = 7
+BOOT_TIMEOUT = 20.0              # s, from spawn to the guest's "ready" line
+_libc = ctypes.CDLL(None, use_errno=True)
+_counter = itertools.count()
+
+
+def _net_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "network tests need root (network namespaces and TAP devices)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing (modprobe tun): network tests need TAP devices"
+    for tool in ("ip", "ping"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (iproute2, iputils-ping; ci/setup installs them)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def net_ok(guest_kernel):
+    require(_net_problem())
+    return guest_kernel
+
+
+def ip(*args: str) -> str:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if proc.returncode:
+        raise AssertionError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class Namespaces:
+    """Creates namespaces on demand; deletes them (and so their devices) at the end."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = f"kvmm-t{os.getpid()}-{next(_counter)}"
+        ip("netns", "add", name)
+        self.names.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        return name
+
+    def close(self) -> None:
+        for name in reversed(self.names):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        self.names = []
+
+
+@pytest.fixture
+def netns(net_ok):
+    ns = Namespaces()
+    yield ns
+    ns.close()
+
+
+def tap(ns: str, name: str, addr: str | None = None, master: str | None = None) -> None:
+    ip("-n", ns, "tuntap", "add", "dev", name, "mode", "tap")
+    if addr:
+        ip("-n", ns, "addr", "add", addr, "dev", name)
+    if master:
+        ip("-n", ns, "link", "set", name, "master", master)
+    ip("-n", ns, "link", "set", name, "up")
+
+
+@contextlib.contextmanager
+def in_netns(ns: str):
+    """Run the body with this thread in namespace `ns` (sockets made there stay there)."""
+    target = os.open(f"/var/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({ns}): {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back: {os.strerror(err)}")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def udp_socket(ns: str, addr: str, timeout: float = 2.0) -> socket.socket:
+    with in_netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 0))
+    s.settimeout(timeout)
+    return s
+
+
+def ping(ns: str, addr: str, count: int = 5) -> tuple[int, str]:
+    """(replies, output) of `ping -c count` from namespace `ns`."""
+    proc = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.2",
+                           "-W", "2", addr], capture_output=True, text=True, timeout=60)
+    m = re.search(r"(\d+) received", proc.stdout)
+    return (int(m.group(1)) if m else 0), proc.stdout + proc.stderr
+
+
+class Guest:
+    """`python -m kvmm run` inside a namespace, its console read line by line."""
+
+    def __init__(self, ns: str, kernel: str, cmdline: str, nets: list[str],
+                 timeout: float = 60.0, extra: tuple = ()):
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "kvmm", "run",
+                "--kernel", kernel, "--console", "stdout", "--timeout", f"{timeout:g}",
+                "--cmdline", cmdline, *extra]
+        for n in nets:
+            argv += ["--net", n]
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, cwd=REPO, text=True, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._q: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stderr = ""
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._q.put(line.rstrip("\n"))
+        self._q.put(None)
+
+    def wait_for(self, text: str, timeout: float = BOOT_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            if text in line:
+                return line
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {text!r} within {timeout:g} s:\n{self.transcript()}")
+            try:
+                line = self._q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait()
+                self.stderr = self.proc.stderr.read()
+                raise AssertionError(f"the monitor exited ({self.proc.returncode}) before "
+                                     f"{text!r}:\n{self.transcript()}")
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def finish(self, timeout: float = 60.0) -> Run:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the monitor did not exit within {timeout:g} s:\n"
+                                 f"{self.transcript()}") from None
+        self._reader.join(5)
+        while True:
+            try:
+                line = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        self.stderr = self.proc.stderr.read()
+        return Run(subprocess.CompletedProcess(self.argv, self.proc.returncode,
+                                               "\n".join(self.lines) + "\n", self.stderr))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def transcript(self) -> str:
+        return "\n".join(self.lines[-30:]) + (f"\nstderr:\n{self.stderr}" if self.stderr else "")
+
+
+@pytest.fixture
+def guests():
+    started: list[Guest] = []
+
+    def start(*args, **kw) -> Guest:
+        g = Guest(*args, **kw)
+        started.append(g)
+        return g
+    yield start
+    for g in started:               # before the namespaces go (the fixture order)
+        g.kill()
+
+
+def stop_echo(ns: str, local: str, guest_ip: str) -> None:
+    s = udp_socket(ns, local)
+    try:
+        s.sendto(b"STOP", (guest_ip, ECHO_PORT))
+    finally:
+        s.close()
+
+
+def verdict_of(run: Run) -> dict:
+    v = run.verdict()
+    assert v["result"] == "PASS", run
+    assert run.status == 0, run
+    return v
+
+
+# The tests. -----------------------------------------------------------------------------------
+def test_host_pings_the_guest(netns, guests, net_ok):
+    ns = netns.new()
+    tap(ns, "kt0", "10.200.1.1/24")
+    g = guests(ns, net_ok, f"mode=netecho ip=10.200.1.2/24 port={ECHO_PORT} seconds=60",
+               ["tap=kt0,mac=02:00:0a:c8:01:02"])
+    line = g.wait_for("netecho ready")
+    assert "mac=02:00:0a:c8:01:02" in "\n".join(g.lines), g.transcript()
+    assert "link=up" in "\n".join(g.lines), line
+    replies, out = ping(ns, "10.200.1.2", 5)
+    assert replies == 5, out
+    stop_echo(ns, "10.200.1.1", "10.200.1.2")
+    v = verdict_of(g.finish())
+    assert int(v["pings"]) >= 5 and v["stop"] == "datagram"
+
+
+def test_udp_echo_ten_thousand_mixed_sizes(netns, guests, net_ok):
+    """10,000 datagrams of 1..1472 bytes through the guest's echo, each byte-exact
+    and in order; at most WINDOW in flight; bounded in time."""
+    count, window, limit_s = 10_000, 32, 120.0
+    ns = netns.new()
+    tap(ns, "kt0", "10.200.2.1/24")
+    g = guests(ns, net_ok, f"mode=netecho ip=10.200.2.2/24 port={ECHO_PORT} seconds=150",
+               ["tap=kt0"], timeout=170)
+    g.wait_for("netecho ready")
+    rng = random.Random(20240601)
+    sizes = [1, 1472, 2, 1471] + [rng.randint(1, 1472) for _ in range(count - 4)]
+    payloads = [bytes(rng.getrandbits(8) for _ in range(min(n, 16))) * (n // 16 + 1)
+                for n in sizes]
+    payloads = [p[:n] for p, n in zip(payloads, sizes)]
+    s = udp_socket(ns, "10.200.2.1", timeout=5.0)
+    dest = ("10.200.2.2", ECHO_PORT)
+    t0 = time.monotonic()
+    sent = received = 0
+    try:
+        while received < count:
+            while sent < count and sent - received < window:
+                s.sendto(payloads[sent], dest)
+                sent += 1
+            try:
+                data, src = s.recvfrom(2048)
+            except TimeoutError:
+                raise AssertionError(f"no echo for 5 s after {received} of {count} "
+                                     f"(sent {sent})\n{g.transcript()}") from None
+            assert src == dest
+            assert data == payloads[received], (
+                f"echo {received} differs: sent {len(payloads[received])} bytes, "
+                f"got {len(data)}")
+            received += 1
+            assert time.monotonic() - t0 < limit_s, f"only {received} echoes in {limit_s} s"
+        elapsed = time.monotonic() - t0
+        s.sendto(b"STOP", dest)
+    finally:
+        s.close()
+    v = verdict_of(g.finish())
+    assert int(v["echoed"]) == count + 1 and int(v["dropped"]) == 0, v
+    print(f"{count} datagrams echoed in {elapsed:.2f} s")
+
+
+def test_two_guests_on_one_bridge(netns, guests, net_ok):
+    """A bridge in a namespace with two guests' TAPs: the host pings both, and
+    guest A (netbench tx) sends to guest B (netecho), which echoes back to A."""
+    ns = netns.new()
+    ip("-n", ns, "link", "add", "kbr0", "type", "bridge")
+    ip("-n", ns, "addr", "add", "10.200.3.1/24", "dev", "kbr0")
+    ip("-n", ns, "link", "set", "kbr0", "up")
+    tap(ns, "kta", master="kbr0")
+    tap(ns, "ktb", master="kbr0")
+    b = guests(ns, net_ok, f"mode=netecho ip=10.200.3.3/24 port={ECHO_PORT} seconds=60",
+               ["tap=ktb"])
+    b.wait_for("netecho ready")
+    replies, out = ping(ns, "10.200.3.3", 3)
+    assert replies == 3, out
+    a = guests(ns, net_ok, f"mode=netbench dir=tx ip=10.200.3.2/24 peer=10.200.3.3 "
+               f"port={ECHO_PORT} size=64 seconds=3", ["tap=kta"])
+    a.wait_for("netbench ready")          # A resolved B with ARP through the bridge
+    replies, out = ping(ns, "10.200.3.2", 3)
+    assert replies == 3, out
+    va = verdict_of(a.finish())
+    # A's closing "STOP" datagrams stop B, unless B's TAP queue was full of A's
+    # flood when they came (the kernel drops there): then the host's does.
+    stop_echo(ns, "10.200.3.1", "10.200.3.3")
+    vb = verdict_of(b.finish())
+    assert vb["stop"] == "datagram", vb
+    # B echoed A's datagrams (more than the host's STOP alone)
+    assert int(va["packets"]) > 0 and int(vb["echoed"]) > 1, (va, vb)
+
+
+def test_one_guest_two_nics_in_two_namespaces(netns, guests, net_ok):
+    """NIC 0 in namespace A, NIC 1 in namespace B (its TAP moved there after the
+    monitor opened it): the guest answers on both, with its own MACs."""
+    ns_a, ns_b = netns.new(), netns.new()
+    tap(ns_a, "kt0", "10.200.4.1/24")
+    ip("-n", ns_a, "tuntap", "add", "dev", "kt1", "mode", "tap")
+    g = guests(ns_a, net_ok, f"mode=netecho ip=10.200.4.2/24 ip1=10.200.5.2/24 "
+               f"port={ECHO_PORT} seconds=60", ["tap=kt0", "tap=kt1,id=second"])
+    g.wait_for("netecho ready")
+    ip("-n", ns_a, "link", "set", "kt1", "netns", ns_b)
+    ip("-n", ns_b, "addr", "add", "10.200.5.1/24", "dev", "kt1")
+    ip("-n", ns_b, "link", "set", "kt1", "up")
+    for ns, addr in ((ns_a, "10.200.4.2"), (ns_b, "10.200.5.2")):
+        replies, out = ping(ns, addr, 3)
+        assert replies == 3, (ns, out)
+    # UDP on the second NIC too
+    s = udp_socket(ns_b, "10.200.5.1")
+    try:
+        s.sendto(b"hello second nic", ("10.200.5.2", ECHO_PORT))
+        assert s.recvfrom(2048)[0] == b"hello second nic"
+    finally:
+        s.close()
+    macs = re.findall(r"net\d .*mac=([0-9a-f:]{17})", "\n".join(g.lines))
+    assert len(macs) == 2 and macs[0] != macs[1], g.transcript()
+    stop_echo(ns_a, "10.200.4.1", "10.200.4.2")
+    v = verdict_of(g.finish())
+    assert int(v["pings"]) >= 6
+
+
+def test_hostile_net_leaves_the_monitor_working(netns, guests, net_ok):
+    """Malformed transmit chains and ring states: the monitor stays up, the guest
+    resets the device where it must, and the host can still ping it."""
+    ns = netns.new()
+    tap(ns, "kt0", "10.200.6.1/24")
+    g = guests(ns, net_ok, "mode=hostile-net ip=10.200.6.2/24 peer=10.200.6.1 linger=4 "
+               "timeout_ms=2000", ["tap=kt0"], timeout=90)
+    g.wait_for("hostile-net nic=", timeout=30)
+    # linger: after the cases the guest answers pings for a while
+    deadline = time.monotonic() + 40
+    replies = 0
+    while time.monotonic() < deadline and g.proc.poll() is None:
+        if any(line.startswith("RESULT ") for line in g.lines):
+            break
+        replies, out = ping(ns, "10.200.6.2", 2)
+        if replies:
+            break
+    run = g.finish(60)
+    v = verdict_of(run)
+    # the chains the device can return are dropped and completed; broken ring
+    # states get DEVICE_NEEDS_RESET (the guest resets and goes on)
+    assert int(v["cases"]) > 0 and int(v["completed"]) > 0 and int(v["reset"]) > 0, v
+    assert v["peer"] == "ok", v
+    assert replies > 0, f"no ping answered after the hostile cases\n{run.stdout}"
+    assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_monitor_creates_and_brings_up_a_missing_tap(netns, guests, net_ok):
+    ns = netns.new()
+    g = guests(ns, net_ok, f"mode=netecho ip=10.200.7.2/24 port={ECHO_PORT} seconds=60",
+               ["tap=knew0"])
+    g.wait_for("netecho ready")
+    link = ip("-n", ns, "link", "show", "knew0")
+    assert ",UP" in link or "<UP" in link, link
+    ip("-n", ns, "addr", "add", "10.200.7.1/24", "dev", "knew0")
+    replies, out = ping(ns, "10.200.7.2", 2)
+    assert replies == 2, out
+    stop_echo(ns, "10.200.7.1", "10.200.7.2")
+    verdict_of(g.finish())
+    # kvmm's TAP was not persistent: it went with the monitor
+    assert subprocess.run(["ip", "-n", ns, "link", "show", "knew0"],
+                          capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("case", ["busy", "not-a-tap"])
+def test_tap_open_failures_exit_2_before_boot(netns, net_ok, case):
+    ns = netns.new()
+    holder = None
+    if case == "busy":
+        tap(ns, "kbusy0")
+        name = "kbusy0"
+        from kvmm.virtio.net.tap import open_tap
+        with in_netns(ns):
+            holder = open_tap(name)           # the TAP's one queue is taken
+        words = "already in use"
+    else:
+        ip("-n", ns, "link", "add", "kbr9", "type", "bridge")
+        name = "kbr9"
+        words = "not a TAP device"
+    try:
+        proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "kvmm", "run",
+                               "--kernel", net_ok, "--console", "stdout", "--cmdline",
+                               "mode=hello", "--net", f"tap={name}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        if holder is not None:
+            holder.close()
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and f"tap={name}" in lines[0], proc.stderr
+    assert "kvmm-guest" not in proc.stdout                 # nothing booted
