@@ -288,6 +288,11 @@ class Machine:
             memory["cgroup"] = self.cgroup.memory_usage()
         out["memory"] = memory
         out["exits"] = {f"vcpu{t.vcpu.index}": t.exits for t in self.threads}
+        times = os.times()
+        out["cpu"] = {"seconds": times.user + times.system,
+                      "wall": time.monotonic() - self.created,
+                      "affinity": {f"vcpu{t.vcpu.index}": sorted(t.affinity)
+                                   for t in self.threads}}
         return out
 
     def _console_tail(self) -> list[str]:

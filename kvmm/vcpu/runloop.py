@@ -23,6 +23,7 @@ class VcpuThread(threading.Thread):
         self.machine = machine
         self.vcpu = vcpu
         self.exits = 0
+        self.affinity: set = set()     # host CPUs this vCPU may run on
 
     def run(self) -> None:
         m = self.machine
@@ -35,6 +36,7 @@ class VcpuThread(threading.Thread):
         pin = m.config.cpu_pin
         if pin is not None:
             os.sched_setaffinity(0, {pin[vcpu.index]})     # 0: this thread
+        self.affinity = os.sched_getaffinity(0)
         try:
             while not m.stopping:
                 ex = run()
