@@ -1,6 +1,5 @@
 """Per-guest cgroups on fake cgroup file systems (v1 and v2 layouts)."""
 import os
-import shutil
 
 import pytest
 
@@ -44,8 +43,13 @@ class FakeKernel:
                 with open(os.path.join(path, name), "w") as f:
                     f.write("0\n" if name != "memory.max" else "max\n")
         monkeypatch.setattr(os, "mkdir", mkdir)
-        # cgroupfs removes a cgroup with its control files in it
-        monkeypatch.setattr(os, "rmdir", shutil.rmtree)
+        real_rmdir = os.rmdir
+
+        def rmdir(path):          # cgroupfs removes a cgroup with its control files in it
+            for name in os.listdir(path):
+                os.unlink(os.path.join(path, name))
+            real_rmdir(path)
+        monkeypatch.setattr(os, "rmdir", rmdir)
 
 
 def test_own_cgroups_parses_both_layouts(tmp_path):
