@@ -7,12 +7,44 @@ blocks on a disk or a network.
 """
 from __future__ import annotations
 
+import ctypes
 import heapq
 import itertools
 import os
 import select
 import threading
 import time
+
+# timerfd (Linux 2.6.25): epoll's own timeout has a 1 ms granularity, which a
+# rate limiter waking every few ms would turn into a rate several percent low.
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    """struct itimerspec (timerfd_create(2))."""
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_timerfd_create = _libc.timerfd_create
+_timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+_timerfd_settime = _libc.timerfd_settime
+_timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec),
+                             ctypes.c_void_p]
+
+
+def _timerfd() -> int:
+    fd = _timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "timerfd_create failed")
+    return fd
 
 
 class Timer:
@@ -38,6 +70,9 @@ class EventLoop:
         self._lock = threading.Lock()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._epoll.register(self._wake, select.EPOLLIN)
+        self._timerfd = _timerfd()
+        self._epoll.register(self._timerfd, select.EPOLLIN)
+        self._armed: float | None = None     # deadline the timerfd is set for
         self._running = False
         self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []
@@ -90,6 +125,19 @@ class EventLoop:
         self.stop()
         self._epoll.close()
         os.close(self._wake)
+        os.close(self._timerfd)
+
+    def _arm(self, when: float) -> None:
+        """Set the timerfd to fire at `when` (time.monotonic seconds)."""
+        if when == self._armed:
+            return
+        sec = int(when)
+        spec = _Itimerspec(_Timespec(0, 0),
+                           _Timespec(sec, max(1, int((when - sec) * 1e9)) if sec == 0 else
+                                     int((when - sec) * 1e9)))
+        if _timerfd_settime(self._timerfd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        self._armed = when
 
     def _run_callback(self, callback: Callable[[], None]) -> None:
         try:
@@ -103,19 +151,22 @@ class EventLoop:
     def run(self) -> None:
         self._running = True
         while self._running:
-            timeout = -1.0
+            while self._timers and self._timers[0][2].cancelled:
+                heapq.heappop(self._timers)
             if self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                self._arm(self._timers[0][0])
             try:
-                events = self._epoll.poll(timeout)
+                events = self._epoll.poll(-1)
             except InterruptedError:
                 continue
             for fd, _mask in events:
-                if fd == self._wake:
+                if fd == self._wake or fd == self._timerfd:
                     try:
-                        os.eventfd_read(self._wake)
+                        os.read(fd, 8)
                     except BlockingIOError:
                         pass
+                    if fd == self._timerfd:
+                        self._armed = None
                     continue
                 callback = self._readers.get(fd)
                 if callback is not None:
