@@ -1,47 +1,13 @@
-"""Integration tests boot real guests on /dev/kvm.
-
-They are skipped, with the reason, where /dev/kvm is missing or not usable;
-with KVMM_REQUIRE_KVM=1 (as in .ci/run) that is a failure instead.
-"""
+"""Integration tests boot real guests on /dev/kvm (fixtures in tests/conftest.py)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from kvmm.config import default_kernel
+from tests.conftest import _kvm_problem, require  # noqa: F401  (re-exported for tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _kvm_problem() -> str | None:
-    if not os.path.exists("/dev/kvm"):
-        return "/dev/kvm is missing: integration tests boot real guests"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "no permission to use /dev/kvm (run as root or join the kvm group)"
-    return None
-
-
-def require(problem: str | None) -> None:
-    if problem is None:
-        return
-    if os.environ.get("KVMM_REQUIRE_KVM") == "1":
-        pytest.fail(f"{problem} (KVMM_REQUIRE_KVM=1: not skipping)")
-    pytest.skip(problem)
-
-
-@pytest.fixture(scope="session")
-def kvm_available():
-    require(_kvm_problem())
-
-
-@pytest.fixture(scope="session")
-def guest_kernel(kvm_available):
-    path = default_kernel()
-    if not os.path.exists(path):
-        pytest.fail(f"the guest kernel {path} is not built: run `make -C guest-kernel` "
-                    "(ci/setup does)")
-    return path
 
 
 class Run:
