@@ -393,9 +393,6 @@ def boot_test_command(args: Namespace) -> int:
         if args.net:
             from kvmm.virtio.net.config import parse_net
             config.nets = [parse_net(text) for text in args.net]
-        if args.net:
-            from kvmm.virtio.net.config import parse_net
-            config.nets = [parse_net(text) for text in args.net]
         if args.regex:
             import re
             for p in args.success + args.failure:

@@ -95,11 +95,22 @@ def attach_nets(m, configs: list, stack) -> list[MmioTransport]:
     first = len(m.virtio_devices)
     for slot in range(first, first + len(configs)):
         slot_resources(slot)          # fail before opening anything
+    import functools
+
     from kvmm.virtio.net import Net, open_nets
+    from kvmm.virtio.net.device import RX_QUEUE
     nics = open_nets(configs)
     for nic in nics:
         stack.callback(nic.close)
-    return [_attach_device(m, Net(nic.tap, mac=nic.mac, net_id=nic.id, loop=m.loop,
-                                  mtu=nic.mtu),
-                           slot, f"virtio-net:{nic.id}", stack)
-            for slot, nic in enumerate(nics, start=first)]
+    transports = []
+    quota = getattr(m, "quota", None)
+    for slot, nic in enumerate(nics, start=first):
+        rx = tx = None
+        if quota is not None:         # limiters net:ID:rx and net:ID:tx (kvmm.quota.guest)
+            rx, tx = quota.nic(nic.id, "rx"), quota.nic(nic.id, "tx")
+        net = Net(nic.tap, mac=nic.mac, net_id=nic.id, loop=m.loop, mtu=nic.mtu,
+                  rx_limiter=rx, tx_limiter=tx)
+        transport = _attach_device(m, net, slot, f"virtio-net:{nic.id}", stack)
+        net.set_rx_handler(functools.partial(transport.process, RX_QUEUE))
+        transports.append(transport)
+    return transports

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import queue
 import random
@@ -263,7 +264,7 @@ def test_udp_echo_ten_thousand_mixed_sizes(netns, guests, net_ok):
     sizes = [1, 1472, 2, 1471] + [rng.randint(1, 1472) for _ in range(count - 4)]
     payloads = [bytes(rng.getrandbits(8) for _ in range(min(n, 16))) * (n // 16 + 1)
                 for n in sizes]
-    payloads = [p[:n] for p, n in zip(payloads, sizes)]
+    payloads = [p[:n] for p, n in zip(payloads, sizes, strict=True)]
     s = udp_socket(ns, "10.200.2.1", timeout=5.0)
     dest = ("10.200.2.2", ECHO_PORT)
     t0 = time.monotonic()
@@ -393,6 +394,76 @@ def test_monitor_creates_and_brings_up_a_missing_tap(netns, guests, net_ok):
     # kvmm's TAP was not persistent: it went with the monitor
     assert subprocess.run(["ip", "-n", ns, "link", "show", "knew0"],
                           capture_output=True).returncode != 0
+
+
+def _bucket(rate: int) -> str:
+    """--rate-limit JSON: `rate` bytes/s as a bucket refilled every 100 ms."""
+    return json.dumps({"bandwidth": {"size": rate // 10, "refill_time": 100}})
+
+
+def test_rate_limits_per_direction(netns, guests, net_ok, tmp_path):
+    """--rate-limit net:ID:tx and net:ID:rx hold each direction near its rate;
+    frames over it wait (in the ring, in the TAP) and are counted as throttled."""
+    rate, size = 200_000, 1000               # bytes/s (Ethernet), UDP payload bytes
+    frame_len = size + 42                    # + Ethernet, IPv4 and UDP headers
+    ns = netns.new()
+    tap(ns, "kt0", "10.200.8.1/24")
+    # Guest -> host, throttled by its tx limiter.
+    with in_netns(ns):
+        rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx_sock.bind(("10.200.8.1", 9000))
+    rx_sock.settimeout(0.5)
+    stats = tmp_path / "tx-stats.json"
+    g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.8.2/24 peer=10.200.8.1 port=9000 "
+               f"size={size} seconds=3", ["tap=kt0,id=lan"],
+               extra=("--rate-limit", f"net:lan:tx={_bucket(rate)}", "--stats-file",
+                      str(stats)))
+    try:
+        g.wait_for("netbench ready")
+        got, first, last = 0, None, None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                data = rx_sock.recv(2048)
+            except TimeoutError:
+                if g.proc.poll() is not None:
+                    break
+                continue
+            if data == b"STOP":
+                break
+            now = time.monotonic()
+            if first is None:
+                first = now
+            else:
+                got += 1
+                last = now
+    finally:
+        rx_sock.close()
+    verdict_of(g.finish())
+    measured = got * frame_len / (last - first)
+    assert 0.7 * rate < measured < 1.3 * rate, f"{measured:.0f} B/s against a limit of {rate}"
+    dev = json.loads(stats.read_text())["devices"]["virtio-net:lan"]
+    assert dev["tx_throttled"] > 0 and dev["tx_dropped"] == 0, dev
+
+    # Host -> guest, throttled by its rx limiter: the guest counts what arrives.
+    g = guests(ns, net_ok, "mode=netbench dir=rx ip=10.200.8.2/24 port=9000 seconds=3 "
+               "wait=20", ["tap=kt0,id=lan"],
+               extra=("--rate-limit", f"net:lan:rx={_bucket(rate)}"))
+    g.wait_for("netbench ready")
+    s = udp_socket(ns, "10.200.8.1")
+    try:
+        payload = bytes(size)
+        end = time.monotonic() + 4
+        while time.monotonic() < end and g.proc.poll() is None:
+            s.sendto(payload, ("10.200.8.2", 9000))    # ~5x the limit
+            time.sleep(0.001)
+        s.sendto(b"STOP", ("10.200.8.2", 9000))
+    finally:
+        s.close()
+    v = verdict_of(g.finish())
+    received = int(v["packets"]) * frame_len / (int(v["us"]) / 1e6)
+    assert 0.7 * rate < received < 1.3 * rate, f"{received:.0f} B/s against a limit of {rate}"
+    print(f"limit {rate} B/s: tx {measured:.0f} B/s, rx {received:.0f} B/s")
 
 
 @pytest.mark.parametrize("case", ["busy", "not-a-tap"])

@@ -57,61 +57,118 @@ def test_extract_vmlinux_unknown_payload():
 
 
 def test_lane_command_quotes_and_options():
-    runs = [lane.L2Run("bzImage", "/c/vmlinuz", disk=True),
-            lane.L2Run("vmlinux", "/c/vmlinux", disk=False)]
-    cmd = lane.lane_command("/r/.venv/bin/python", runs, "/c/l2 initrd.cpio", net=True,
-                            l2_timeout=300)
+    runs = [lane.L2Run("bzImage", "/c/vmlinuz", disk=True, net=True),
+            lane.L2Run("vmlinux", "/c/vmlinux", disk=False, net=True)]
+    cmd = lane.lane_command("/r/.venv/bin/python", runs, "/c/l2 initrd.cpio", l2_timeout=300,
+                            modes=["hello", "netecho"], net=True, mode_timeout=90)
     parts = cmd.split("; ")
     assert parts[0].startswith("truncate -s ")
     assert parts[2] == 'echo "LANE-L1 run bzImage exit=$?"'
     assert parts[4] == 'echo "LANE-L1 run vmlinux exit=$?"'
+    assert parts[6] == 'echo "LANE-L1 run guest-modes exit=$?"'
     argv = shlex.split(parts[1])
     assert argv[:4] == ["/r/.venv/bin/python", "-m", "kvmm", "boot-test"]
     assert argv[argv.index("--kernel") + 1] == "/c/vmlinuz"
     assert argv[argv.index("--initrd") + 1] == "/c/l2 initrd.cpio"
     assert argv[argv.index("--hide-cpuid") + 1] == "xsave"      # QEMU 7.2 XSETBV bug
+    assert argv[argv.index("--timeout") + 1] == "300"
     assert "--wait-exit" in argv and "--require-kvm" in argv
     cmdline = argv[argv.index("--cmdline") + 1].split()
     assert "lane.disk=1" in cmdline and "lane.net=1" in cmdline and "lane.cpus=2" in cmdline
+    assert f"lane.ip={lane.GUEST_ADDR}" in cmdline and "lane.peer=10.0.2.1" in cmdline
     assert argv[argv.index("--drive") + 1] == "path=/dev/shm/lane-disk.img"
-    assert argv[argv.index("--net") + 1] == "tap=lane0"
+    assert argv[argv.index("--net") + 1] == f"tap=lane0,mac={lane.GUEST_MAC}"
     argv2 = shlex.split(parts[3])
     assert argv2[argv2.index("--kernel") + 1] == "/c/vmlinux" and "--drive" not in argv2
+    modes = shlex.split(parts[5])
+    assert modes[:3] == ["/r/.venv/bin/python", "-I", os.path.join(REPO, "ci", "lane",
+                                                                    "guest_modes.py")]
+    assert modes[modes.index("--kernel") + 1] == lane.GUEST_KERNEL
+    assert modes[modes.index("--tap") + 1] == "lane0"
+    assert modes[modes.index("--timeout") + 1] == "90"
+    assert modes[-2:] == ["hello", "netecho"]
 
 
-RUNS = [lane.L2Run("bzImage", "k", disk=True), lane.L2Run("vmlinux", "v", disk=False)]
-GOOD = """LANE-L1 up
-LANE-L2 CHECK cpus PASS want=2 have=2 online=0-1
-LANE-L2 CHECK kvm-clock PASS kvm-clock
-LANE-L2 CHECK virtio-blk-found PASS 131072 sectors
-LANE-L2 CHECK read-back PASS sha256 abc
-LANE-L2 RESULT PASS
-kvmm boot-test: PASS: matched 'LANE-L2 RESULT PASS' after 10.8 s; the guest powered off
-LANE-L1 run bzImage exit=0
-LANE-L2 CHECK cpus PASS want=2 have=2 online=0-1
-LANE-L2 RESULT PASS
-kvmm boot-test: PASS: matched 'LANE-L2 RESULT PASS' after 12.1 s; the guest powered off
-LANE-L1 run vmlinux exit=0
-LANE-L1 done""".splitlines()
+def test_lane_command_without_net_or_modes():
+    runs = [lane.L2Run("bzImage", "/c/vmlinuz", disk=False, net=False)]
+    cmd = lane.lane_command("py", runs, "i", l2_timeout=300)
+    parts = cmd.split("; ")
+    assert len(parts) == 2
+    argv = shlex.split(parts[0])
+    assert "--net" not in argv and "--drive" not in argv
+    assert "lane.net=1" not in argv[argv.index("--cmdline") + 1]
+
+
+RUNS = [lane.L2Run("bzImage", "k", disk=True, net=True),
+        lane.L2Run("vmlinux", "v", disk=False, net=True)]
+MODES = ["hello", "netecho"]
+L2_COMMON = ["cpus PASS want=2 have=2 online=0-1", "hypervisor PASS hypervisor",
+             "kvm-clock PASS kvm-clock", "virtio-net-found PASS eth0 lo",
+             "virtio-net-up PASS mac 02:00:0a:00:02:02", "net-addr PASS 10.0.2.2/24",
+             "ping PASS 10.0.2.1: 3/3 replies"]
+L2_DISK = ["virtio-blk-found PASS 131072 sectors", "mkfs PASS ext2", "mount PASS",
+           "write PASS 1 MiB file", "umount PASS", "remount PASS", "read-back PASS sha256 abc"]
+GOOD = (["LANE-L1 up", "LANE-L1 tap: lane0 10.0.2.1/24"]
+        + [f"LANE-L2 CHECK {c}" for c in L2_COMMON + L2_DISK]
+        + ["LANE-L2 RESULT PASS",
+           "kvmm boot-test: PASS: matched 'LANE-L2 RESULT PASS' after 10.8 s; the guest "
+           "powered off", "LANE-L1 run bzImage exit=0"]
+        + [f"LANE-L2 CHECK {c}" for c in L2_COMMON]
+        + ["LANE-L2 RESULT PASS",
+           "kvmm boot-test: PASS: matched 'LANE-L2 RESULT PASS' after 12.1 s; the guest "
+           "powered off", "LANE-L1 run vmlinux exit=0",
+           "LANE-GK MODE hello PASS 5.6 s world=kvm cpus=1",
+           "LANE-GK MODE netecho PASS 4.7 s datagrams=32",
+           "LANE-GK RESULT PASS", "LANE-L1 run guest-modes exit=0", "LANE-L1 done"])
 
 
 def test_verdict():
-    assert lane.verdict(GOOD, RUNS) == (True, [])
+    assert lane.verdict(GOOD, RUNS, MODES) == (True, [])
     no_read = [ln for ln in GOOD if "read-back" not in ln]
-    ok, problems = lane.verdict(no_read, RUNS)
-    assert not ok and any("read-back" in p for p in problems)
-    assert lane.verdict(no_read, [lane.L2Run("bzImage", "k", disk=False), RUNS[1]])[0]
+    ok, problems = lane.verdict(no_read, RUNS, MODES)
+    assert not ok and problems == ["bzImage: L2 check read-back did not pass"]
+    nodisk = [lane.L2Run("bzImage", "k", disk=False, net=True), RUNS[1]]
+    assert lane.verdict(no_read, nodisk, MODES)[0]
     bad = [ln.replace("cpus PASS", "cpus FAIL", 1) for ln in GOOD]
-    assert not lane.verdict(bad, RUNS)[0]
+    ok, problems = lane.verdict(bad, RUNS, MODES)
+    assert not ok and any(p.startswith("bzImage: L2 check failed: cpus") for p in problems)
     failed = [ln.replace("vmlinux exit=0", "vmlinux exit=1") for ln in GOOD]
-    ok, problems = lane.verdict(failed, RUNS)
-    assert not ok and any("vmlinux failed" in p for p in problems)
+    ok, problems = lane.verdict(failed, RUNS, MODES)
+    assert not ok and any("vmlinux run failed" in p for p in problems)
     unfinished = [ln for ln in GOOD if "run vmlinux" not in ln]
-    assert not lane.verdict(unfinished, RUNS)[0]
+    assert not lane.verdict(unfinished, RUNS, MODES)[0]
+
+
+def test_verdict_checks_are_per_boot():
+    """A check that passed in one boot does not cover the other."""
+    second = GOOD.index("LANE-L1 run bzImage exit=0") + 1
+    lines = GOOD[:second] + [ln for ln in GOOD[second:] if " ping PASS" not in ln]
+    ok, problems = lane.verdict(lines, RUNS, MODES)
+    assert not ok and problems == ["vmlinux: L2 check ping did not pass"]
+    no_net = [lane.L2Run("bzImage", "k", disk=True, net=False),
+              lane.L2Run("vmlinux", "v", disk=False, net=False)]
+    assert lane.verdict(lines, no_net, MODES)[0]
+
+
+def test_verdict_guest_modes():
+    failed = [ln.replace("netecho PASS 4.7 s", "netecho FAIL 9.0 s no echo")
+              .replace("LANE-GK RESULT PASS", "LANE-GK RESULT FAIL netecho")
+              .replace("guest-modes exit=0", "guest-modes exit=1") for ln in GOOD]
+    ok, problems = lane.verdict(failed, RUNS, MODES)
+    assert not ok
+    assert "guest kernel mode netecho: FAIL 9.0 s no echo" in problems
+    missing = [ln for ln in GOOD if "MODE hello" not in ln]
+    ok, problems = lane.verdict(missing, RUNS, MODES)
+    assert problems == ["guest kernel mode hello: no result"]
+    assert lane.verdict(GOOD, RUNS, ["hello", "netecho", "smp"])[0] is False
+    # a hang: the lane killed QEMU in the middle of the modes
+    cut = GOOD[:GOOD.index("LANE-GK MODE netecho PASS 4.7 s datagrams=32")]
+    ok, problems = lane.verdict(cut, RUNS, MODES)
+    assert "the guest-modes run did not finish" in problems
 
 
 def test_l2_init_is_valid_shell():
-    for script in ("l1-init.sh", "l2-init.sh"):
+    for script in ("l1-init.sh", "l2-init.sh", "l2-bench-init.sh"):
         path = os.path.join(REPO, "ci", "lane", script)
         r = subprocess.run(["sh", "-n", path], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr

@@ -4,6 +4,7 @@ TAP fd): transmit and receive byte for byte, merged receive buffers, headers
 split across descriptors, frames waiting in the TAP while the guest has no
 buffers, the transmit budget, the rate-limit hooks, bad chains and hostile
 rings, and a real EventLoop thread (fairness included)."""
+import functools
 import os
 import select
 import socket
@@ -109,7 +110,8 @@ class Limiter:
 class Rig:
     """A Net device on a fake TAP, its transport, and the driver side of both queues."""
 
-    def __init__(self, mem, features=MRG, *, loop=None, queue_size=QSIZE, **net_kw):
+    def __init__(self, mem, features=MRG, *, loop=None, queue_size=QSIZE, handler=True,
+                 **net_kw):
         self.mem = mem
         self.wire, dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         dev.setblocking(False)
@@ -120,6 +122,8 @@ class Rig:
         self.irq = CountingTrigger()
         self.transport = mmio.MmioTransport(self.net, mem, self.irq,
                                             loop=loop if isinstance(loop, EventLoop) else None)
+        if handler:                   # as kvmm.virtio.attach wires it
+            self.net.set_rx_handler(functools.partial(self.transport.process, netdev.RX_QUEUE))
         self.mmio = MmioDriver(self.transport)
         self.rxq = VirtqDriver.at(mem, queue_size, RX_RING)
         self.txq = VirtqDriver.at(mem, queue_size, TX_RING)
@@ -418,6 +422,21 @@ def test_receive_one_frame(rig):
     assert rig.irq.count == before + 1
     s = rig.net.stats()
     assert (s["rx_frames"], s["rx_bytes"], s["rx_dropped"]) == (1, 98, 0)
+
+
+def test_receive_without_a_handler_goes_through_the_retry_hook(mem):
+    r = Rig(mem, handler=False)
+    try:
+        r.post_rx(4)
+        r.mmio.notify(0)
+        r.wire_send(frame(80))
+        fd = r.tap.fd
+        r.loop.readers[fd]()                     # the TAP is readable
+        assert r.transport._timers == [(0.0, 0)]  # process_queue(0) asked for, at once
+        r.transport.run_timers()
+        assert [f for _h, f, _u in r.rx_frames()] == [frame(80)]
+    finally:
+        r.close()
 
 
 def test_receive_many_mixed_sizes_in_order(rig):

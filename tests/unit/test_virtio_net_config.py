@@ -4,8 +4,9 @@ import pytest
 
 from kvmm import cli
 from kvmm.config import VmConfig
-from kvmm.virtio.net import NetConfig, NetError, check_nets, format_mac, generate_mac, parse_mac
-from kvmm.virtio.net import parse_net
+from kvmm.virtio.net import (
+    NetConfig, NetError, check_nets, format_mac, generate_mac, parse_mac, parse_net,
+)
 from kvmm.virtio.net import tap as tapmod
 
 

@@ -13,7 +13,10 @@ the chain: the frame goes from guest RAM to the kernel without a copy in
 between. At most `tx_budget` frames per wake-up; then the queue is processed
 again from the event loop (`retry_later(0)`), after anything else that is
 ready, so a guest flooding its transmit queue cannot starve other devices or
-the console.
+the console (the EventLoop runs timers due after its ready descriptors, so at
+most two budgets pass between two polls). The used-buffer interrupt of such a
+flood waits until the queue is empty: the driver then reclaims and refills
+the whole ring at once.
 
 Receive: os.readv from the TAP straight into the guest's posted buffers
 (memoryviews of guest RAM), plus one device-owned overflow buffer at the end
@@ -27,17 +30,18 @@ it has none, the device stops reading, frames wait in the kernel's TAP queue
 `stats()["tap_dropped"]`), receive notifications are enabled, and the guest's
 next receive-queue notification resumes reading. Nothing is dropped silently.
 
-Rate limiting: the same hook as virtio-blk, one limiter per direction,
-`limiter.admit_bytes(nbytes) -> seconds` (kvmm.quota.limits.RequestAdmission;
-a frame costs one op and its Ethernet length). A refused transmit frame stays
+Rate limiting: a hook like virtio-blk's, one limiter per direction,
+`limiter.admit_bytes(nbytes) -> seconds` (kvmm.quota.limits.RequestAdmission,
+made by kvmm.quota.guest.GuestQuota.nic; a frame costs one op and its Ethernet
+length, virtio header excluded). A refused transmit frame stays
 in the available ring; a refused received frame stays, unpublished, in the
 buffers it was read into while the rest wait in the TAP; the queue is
 processed again once the limiter allows (VirtioDevice.retry_later).
 
 Threads: activate/reset come from a vCPU thread and process_queue from the
 I/O thread, all under the transport's lock. The TAP reader callback takes no
-lock: it only asks for process_queue(0) through the transport
-(`retry_later(0, RX_QUEUE)`), which takes the lock and marks the device
+lock: it only has the transport run process_queue(0) (`set_rx_handler`, or
+the retry hook), which takes the lock and marks the device
 DEVICE_NEEDS_RESET if the guest broke a queue.
 """
 from __future__ import annotations
@@ -105,7 +109,7 @@ OVERFLOW_BYTES = 1 << 17         # more than any frame a TAP hands out (64 KiB G
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 DEFAULT_QUEUE_SIZE = 256
-DEFAULT_BUDGET = 64              # frames per direction per wake-up
+DEFAULT_BUDGET = 128             # frames per direction per wake-up
 TAP_RETRY_DELAY = 0.001          # s, after the TAP refused a write (EAGAIN/ENOBUFS)
 TAP_ERROR_DELAY = 0.1            # s, after an unexpected TAP read error
 
@@ -206,7 +210,8 @@ class Net(VirtioDevice):
         self._watching = False         # the TAP fd is registered with the loop
         self._tap_ready = False        # the TAP said readable and no read found it empty since
         self._rx_kicked = False        # a wake-up from the TAP waits for process_queue(0)
-        self._held: list[tuple[int, list[memoryview], int]] = []   # RX chains taken, unfilled
+        self._rx_handler = None        # runs process_queue(0) through the transport
+        self._held: list[tuple] = []   # RX chains taken, not filled yet (see _take_chain)
         self._held_cap = 0
         self._pending = 0              # bytes of a received frame the limiter held back
         self._retry_at = [0.0, 0.0]
@@ -323,9 +328,16 @@ class Net(VirtioDevice):
             self._watching = False
             self.loop.remove_reader(self.tap.fd)
 
+    def set_rx_handler(self, handler) -> None:
+        """`handler()` makes the transport run process_queue(RX_QUEUE) now, under
+        its lock (the builder passes functools.partial(transport.process,
+        RX_QUEUE)). Without one, a readable TAP asks for it through the retry
+        hook, a timer due at once: the same, a few microseconds later."""
+        self._rx_handler = handler
+
     def _on_tap_readable(self) -> None:
         """EventLoop reader callback (I/O thread, no lock): have the transport run
-        process_queue(RX_QUEUE) under its lock, in this same loop iteration.
+        process_queue(RX_QUEUE) under its lock.
 
         If the previous wake-up was never handled (the transport skips a queue
         that is not ready, or a device that needs a reset), stop watching: the
@@ -336,7 +348,10 @@ class Net(VirtioDevice):
             self._unwatch()
             return
         self._rx_kicked = True
-        self.retry_later(0.0, RX_QUEUE)
+        if self._rx_handler is not None:
+            self._rx_handler()
+        else:
+            self.retry_later(0.0, RX_QUEUE)
 
     def _schedule(self, index: int, delay: float) -> None:
         """One retry timer per queue at a time (a notification that arrives while
@@ -361,8 +376,12 @@ class Net(VirtioDevice):
             q.disable_notification()
             budget = self.rx_budget
             frames = 0
+            held = self._held
+            need = self._rx_need if self._mrg else 1
+            limited = self.rx_limiter is not None
+            read, publish = self._read_frame, self._publish
             while frames < budget:
-                if not self._have_room(q):
+                if self._held_cap < need and not self._have_room(q):
                     if q.enable_notification():
                         continue              # buffers arrived meanwhile
                     # No room for a frame: leave frames in the TAP's queue until
@@ -371,17 +390,18 @@ class Net(VirtioDevice):
                         self.rx_deferred += 1
                     self._unwatch()
                     return
-                self._watch()
-                n = self._read_frame()
+                if not self._watching:
+                    self._watch()
+                n = read(held)
                 if n < 0:
                     return                    # TAP empty (watched) or read error (retry set)
                 frames += 1
                 if n == 0:
                     continue                  # dropped and counted
-                if not self._rx_admitted(n):
+                if limited and not self._rx_admitted(n):
                     self._pending = n
                     return
-                self._publish(n)
+                publish(n)
         finally:
             if q.needs_notification():
                 self._interrupt.signal_used()
@@ -410,14 +430,23 @@ class Net(VirtioDevice):
             if chain is None:
                 return False
             total = chain.total_len
-            if any(not w for _a, _n, w in chain.buffers):
+            bufs = chain.buffers
+            if len(bufs) == 1:
+                addr, _n, writable = bufs[0]
+            else:
+                writable = True
+                for _a, _n, w in bufs:
+                    writable = writable and w
+            if not writable:
                 self._bad_chain(q, chain.head, "a device-readable buffer in a receive chain")
                 continue
             if total < NET_HDR_LEN:
                 self._bad_chain(q, chain.head, f"a {total}-byte receive chain (the header "
                                 f"alone needs {NET_HDR_LEN})")
                 continue
-            self._held.append((chain.head, chain.views(self._mem), total))
+            views = [self._mem.view(addr, total)] if len(bufs) == 1 else chain.views(self._mem)
+            # (head, views, capacity, the iovec for a frame that fits this chain alone)
+            self._held.append((chain.head, views, total, views + [self._overflow]))
             self._held_cap += total
             return True
 
@@ -426,21 +455,23 @@ class Net(VirtioDevice):
         self.log.warning("returned %s unused", what)
         q.add_used(head, 0)
 
-    def _read_frame(self) -> int:
+    def _read_frame(self, held: list) -> int:
         """Read one frame into the held chains: its length with the header, 0 if
         it was dropped (too large for them, or a runt), -1 if there was none."""
-        if self._mrg:
+        if len(held) == 1 or not self._mrg:
+            _head, _views, capacity, iov = held[0]
+        else:
             iov = []
-            for _head, views, _cap in self._held:
+            for _head, views, _cap, _iov in held:
                 iov += views
             capacity = self._held_cap
-        else:
-            _head, iov, capacity = self._held[0]
-            iov = list(iov)
-        if len(iov) >= IOV_MAX:
-            del iov[IOV_MAX - 1:]
-            capacity = sum(len(v) for v in iov)
-        iov.append(self._overflow)
+            if len(iov) >= IOV_MAX:
+                del iov[IOV_MAX - 1:]
+                capacity = sum(len(v) for v in iov)
+            iov.append(self._overflow)
+        if len(iov) > IOV_MAX:                   # one chain of more than IOV_MAX - 1 buffers
+            iov = iov[:IOV_MAX - 1] + [self._overflow]
+            capacity = sum(len(v) for v in iov[:-1])
         try:
             n = os.readv(self.tap.fd, iov)
         except BlockingIOError:
@@ -481,20 +512,20 @@ class Net(VirtioDevice):
         the guest: fix up the header, then one used element per chain."""
         q = self._rxq
         held = self._held
-        if self._mrg:
+        head, first, cap, _iov = held[0]
+        if n <= cap or not self._mrg:
+            used = ((head, n),)
+            count = 1
+        else:
             used = []
             left = n
-            for head, _views, cap in held:
+            for head, _views, cap, _iov in held:
                 take = cap if cap < left else left
                 used.append((head, take))
                 left -= take
                 if not left:
                     break
             count = len(used)
-        else:
-            used = [(held[0][0], n)]
-            count = 1
-        first = held[0][1]
         # The kernel fills the first 10 bytes and skips num_buffers (it only
         # knows struct virtio_net_hdr): that field is the device's (§5.1.6.4).
         if len(first[0]) >= NET_HDR_LEN:
@@ -508,8 +539,11 @@ class Net(VirtioDevice):
                 _put(first, HDR_FLAGS_OFFSET, b"\0")
         for head, length in used:
             q.add_used(head, length)
-        self._held_cap -= sum(cap for _h, _v, cap in held[:count])
-        del held[:count]
+        if count == 1:
+            self._held_cap -= held.pop(0)[2]
+        else:
+            self._held_cap -= sum(entry[2] for entry in held[:count])
+            del held[:count]
         self.rx_frames += 1
         self.rx_bytes += n - NET_HDR_LEN
 
@@ -521,33 +555,47 @@ class Net(VirtioDevice):
         budget = self.tx_budget
         frames = 0
         send = self._send
+        pop = q.pop
+        add_used = q.add_used
+        yielded = False
         try:
             while True:
                 q.disable_notification()
                 while True:
                     if frames >= budget:
-                        # Let the loop serve everything else, then go on.
+                        # Let the loop serve everything else, then go on. The
+                        # interrupt waits for the end of the queue: the driver
+                        # then reclaims (and refills) the whole ring at once.
                         self.tx_yields += 1
                         self._schedule(TX_QUEUE, 0.0)
+                        yielded = True
                         return
-                    chain = q.pop()
+                    chain = pop()
                     if chain is None:
                         break
                     frames += 1
                     if not send(chain):
                         q.undo_pop()          # the frame waits in the ring
                         return
-                    q.add_used(chain.head, 0)
+                    add_used(chain.head, 0)
                 if not q.enable_notification():
                     break
         finally:
-            if q.needs_notification():
+            if not yielded and q.needs_notification():
                 self._interrupt.signal_used()
 
     def _send(self, chain) -> bool:
         """Send (or drop, counting it) one transmit chain; False to try it again later."""
+        bufs = chain.buffers
         total = chain.total_len
-        if any(w for _a, _n, w in chain.buffers):
+        if len(bufs) == 1:
+            addr, _n, writable = bufs[0]
+            views = None
+        else:
+            writable = False
+            for _a, _n, w in bufs:
+                writable = writable or w
+        if writable:
             return self._drop_tx("a device-writable buffer in a transmit chain", bad=True)
         if total < NET_HDR_LEN + ETH_HLEN:
             return self._drop_tx(f"a {total}-byte transmit chain, shorter than the header and "
@@ -556,17 +604,33 @@ class Net(VirtioDevice):
         if flen > self._tx_max:
             return self._drop_tx(f"a {flen}-byte frame, larger than the {self._tx_max} bytes "
                                  "negotiated")
-        views = chain.views(self._mem)
         # Copy the header once, check the copy, send the copy (STYLE rule 7).
-        hdr = _gather(views, NET_HDR_LEN)
-        flags = hdr[HDR_FLAGS_OFFSET]
-        gso = hdr[HDR_GSO_TYPE_OFFSET]
-        if flags & ~self._tx_flags:
-            return self._drop_tx(f"header flags {flags:#x} the driver may not set", bad=True)
-        if gso & ~VIRTIO_NET_HDR_GSO_ECN not in self._tx_gso or (
-                gso & VIRTIO_NET_HDR_GSO_ECN and not self._tx_ecn):
-            return self._drop_tx(f"header gso_type {gso:#x} was not negotiated", bad=True)
-        hdr[NUM_BUFFERS_OFFSET:NET_HDR_LEN] = b"\0\0"
+        if len(bufs) == 1:
+            view = self._mem.view(addr, total)
+            hdr = view[:NET_HDR_LEN].tobytes()
+            iov = (hdr, view[NET_HDR_LEN:])
+        else:
+            views = chain.views(self._mem)
+            hdr = bytes(_gather(views, NET_HDR_LEN))
+            iov = None
+        if hdr[HDR_FLAGS_OFFSET] or hdr[HDR_GSO_TYPE_OFFSET]:
+            flags = hdr[HDR_FLAGS_OFFSET]
+            gso = hdr[HDR_GSO_TYPE_OFFSET]
+            if flags & ~self._tx_flags:
+                return self._drop_tx(f"header flags {flags:#x} the driver may not set",
+                                     bad=True)
+            if gso & ~VIRTIO_NET_HDR_GSO_ECN not in self._tx_gso or (
+                    gso & VIRTIO_NET_HDR_GSO_ECN and not self._tx_ecn):
+                return self._drop_tx(f"header gso_type {gso:#x} was not negotiated", bad=True)
+        if hdr[NUM_BUFFERS_OFFSET] or hdr[NUM_BUFFERS_OFFSET + 1]:
+            hdr = hdr[:NUM_BUFFERS_OFFSET] + b"\0\0"      # the driver's to zero (§5.1.6.2)
+            if iov is not None:
+                iov = (hdr, iov[1])
+        if iov is None:
+            iov = [hdr]
+            iov += _advance(views, NET_HDR_LEN)
+            if len(iov) > IOV_MAX:
+                iov = [hdr, b"".join(iov[1:])]
         limiter = self.tx_limiter
         if limiter is not None:
             wait = limiter.admit_bytes(flen)
@@ -574,10 +638,6 @@ class Net(VirtioDevice):
                 self.tx_throttled += 1
                 self._schedule(TX_QUEUE, wait)
                 return False
-        iov = [hdr]
-        iov += _advance(views, NET_HDR_LEN)
-        if len(iov) > IOV_MAX:
-            iov = [hdr, b"".join(iov[1:])]
         try:
             os.writev(self.tap.fd, iov)
         except (BlockingIOError, InterruptedError):
