@@ -118,6 +118,7 @@ class RateLimiter:
         self.throttled_count = 0
         self.throttled_ns = 0
         self._throttled_since: int | None = None
+        self._chain = tuple(self._all())      # this limiter, then its ancestors
 
     def _own_ok(self, nbytes: int) -> bool:
         return (self.bandwidth is None or self.bandwidth.can_take(nbytes)) and (
@@ -130,8 +131,17 @@ class RateLimiter:
 
     def try_consume(self, nbytes: int) -> bool:
         """Take one op and `nbytes` from this limiter and its parents, or nothing."""
-        chain = [self, *self.parents] if not any(p.parents for p in self.parents) else list(
-            self._all())
+        chain = self._chain
+        for limiter in chain:
+            if limiter.bandwidth is not None or limiter.ops is not None:
+                break
+        else:               # nothing limits this request (the common case): count it
+            for limiter in chain:
+                limiter.bytes_passed += nbytes
+                limiter.ops_passed += 1
+                if limiter._throttled_since is not None:
+                    limiter._mark_flowing()
+            return True
         if not all(limiter._own_ok(nbytes) for limiter in chain):
             for limiter in chain:
                 limiter._mark_throttled()

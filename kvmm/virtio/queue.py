@@ -120,7 +120,8 @@ class Queue:
                  "next_avail", "next_used", "event_idx", "indirect", "broken",
                  "_mask", "_desc", "_avail", "_used", "_mem", "_regions", "_avail_idx",
                  "_signalled_used", "_used_event_off", "_avail_event_off", "_used_flags",
-                 "_used_idx", "_avail_event")
+                 "_used_idx", "_avail_event", "_used_ring", "_avail_idx_view",
+                 "_avail_ring")
 
     def __init__(self, max_size: int = 256):
         if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
@@ -193,6 +194,10 @@ class Queue:
         # store each, through typed views: struct.pack_into zero-fills its target
         # before writing, and a driver polling used.idx would see it drop to 0.
         used = self._used
+        self._used_ring = used[RING_HEADER:RING_HEADER + USED_ELEM_SIZE * size].cast("I")
+        avail = self._avail
+        self._avail_idx_view = avail[2:4].cast("H")
+        self._avail_ring = avail[RING_HEADER:RING_HEADER + 2 * size].cast("H")
         self._used_flags = used[0:2].cast("H")
         self._used_idx = used[2:4].cast("H")
         off = self._avail_event_off
@@ -227,7 +232,7 @@ class Queue:
             raise QueueError("queue used before activation")
         nxt = self.next_avail
         if nxt == self._avail_idx:
-            idx = _U16.unpack_from(avail, 2)[0]        # read once
+            idx = self._avail_idx_view[0]                # read once
             if idx == nxt:
                 return None
             if (idx - nxt) & 0xFFFF > self.size:
@@ -235,16 +240,27 @@ class Queue:
                     f"available index {idx} is {(idx - nxt) & 0xFFFF} entries ahead of the "
                     f"device's {nxt}, more than the queue size {self.size}")
             self._avail_idx = idx
-        head = _U16.unpack_from(avail, RING_HEADER + 2 * (nxt & self._mask))[0]
+        head = self._avail_ring[nxt & self._mask]
         self.next_avail = (nxt + 1) & 0xFFFF
-        return self._walk(head)
+        if head >= self.size:
+            return self._walk(head)                # fails, naming the bad head
+        first = _DESC.unpack_from(self._desc, head << 4)   # copy once, then check
+        addr, length, flags, _nxt = first
+        if not flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT):
+            # The common chain, one plain descriptor: the checks of _walk, inline.
+            end = addr + length
+            for start, stop in self._regions:
+                if start <= addr < stop and end <= stop:
+                    return DescriptorChain(
+                        head, [(addr, length, bool(flags & VIRTQ_DESC_F_WRITE))], length)
+        return self._walk(head, first)
 
     def undo_pop(self) -> None:
         """Give back the chain the last pop returned (e.g. a throttled request):
         the next pop returns it again, re-read from guest memory."""
         self.next_avail = (self.next_avail - 1) & 0xFFFF
 
-    def _walk(self, head: int) -> DescriptorChain:
+    def _walk(self, head: int, first: tuple | None = None) -> DescriptorChain:
         size = self.size
         if head >= size:
             raise self._fail(f"available ring names head {head}, outside the queue size {size}")
@@ -262,7 +278,11 @@ class Queue:
                 raise self._fail(f"chain at head {head} is longer than its descriptor "
                                  f"table ({table_size} entries): a next loop")
             budget -= 1
-            addr, length, flags, nxt = unpack(table, idx << 4)   # copy once, then check
+            if first is not None:                  # the head, already copied by pop()
+                addr, length, flags, nxt = first
+                first = None
+            else:
+                addr, length, flags, nxt = unpack(table, idx << 4)   # copy once, then check
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if not self.indirect:
                     raise self._fail(f"chain at head {head}: indirect descriptor, but "
@@ -318,10 +338,11 @@ class Queue:
             raise ValueError(f"used head {head} outside the queue size {self.size}")
         if not 0 <= written <= MAX_CHAIN_BYTES:
             raise ValueError(f"used length {written} does not fit in 32 bits")
-        used = self._used
         nxt = self.next_used
-        _USED_ELEM.pack_into(used, RING_HEADER + USED_ELEM_SIZE * (nxt & self._mask),
-                             head, written)
+        slot = (nxt & self._mask) << 1
+        ring = self._used_ring                # struct virtq_used_elem {le32 id; le32 len;}
+        ring[slot] = head
+        ring[slot + 1] = written
         nxt = (nxt + 1) & 0xFFFF
         self.next_used = nxt
         self._used_idx[0] = nxt
