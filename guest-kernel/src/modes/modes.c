@@ -17,6 +17,7 @@ static const struct mode modes[] = {
 	{ "blktest", mode_blktest },
 	{ "blkbench", mode_blkbench },
 	{ "blkmulti", mode_blkmulti },
+	{ "flood", mode_flood },
 	{ "blkwrite", mode_blkwrite },
 	{ "hostile-blk", mode_hostile_blk },
 	{ "netecho", mode_netecho },

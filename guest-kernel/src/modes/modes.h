@@ -25,6 +25,7 @@ noreturn void mode_irq(void);
 noreturn void mode_blktest(void);
 noreturn void mode_blkbench(void);
 noreturn void mode_blkmulti(void);
+noreturn void mode_flood(void);
 noreturn void mode_blkwrite(void);
 noreturn void mode_hostile_blk(void);
 noreturn void mode_netecho(void);
