@@ -107,7 +107,10 @@ def attach_nets(m, configs: list, stack) -> list[MmioTransport]:
     for slot, nic in enumerate(nics, start=first):
         rx = tx = None
         if quota is not None:         # limiters net:ID:rx and net:ID:tx (kvmm.quota.guest)
-            rx, tx = quota.nic(nic.id, "rx"), quota.nic(nic.id, "tx")
+            from kvmm.quota.limits import spec_from_shorthand
+            limits = nic.config.limits if nic.config is not None else {}
+            rx = quota.nic(nic.id, "rx", spec_from_shorthand(limits, "rx_"))
+            tx = quota.nic(nic.id, "tx", spec_from_shorthand(limits, "tx_"))
         net = Net(nic.tap, mac=nic.mac, net_id=nic.id, loop=m.loop, mtu=nic.mtu,
                   rx_limiter=rx, tx_limiter=tx)
         transport = _attach_device(m, net, slot, f"virtio-net:{nic.id}", stack)

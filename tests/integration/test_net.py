@@ -547,3 +547,41 @@ def test_a_guest_flooding_disk_and_nic_does_not_slow_another(netns, net_ok, tmp_
     v = dict(w.split("=", 1) for w in line.split()[3:])
     assert int(v["disk_ops"]) > 100 and int(v["packets"]) > 1000, line
     assert together >= 0.9 * alone, (alone, together)
+
+
+def test_net_shorthand_limit(netns, guests, net_ok):
+    """`--net tap=...,tx_bw=200K` limits the guest's transmit rate like the JSON form."""
+    rate, size = 200 * 1024, 1000
+    frame_len = size + 42
+    ns = netns.new()
+    tap(ns, "ks0", "10.200.10.1/24")
+    with in_netns(ns):
+        rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx_sock.bind(("10.200.10.1", 9000))
+    rx_sock.settimeout(0.5)
+    g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.10.2/24 peer=10.200.10.1 port=9000 "
+               f"size={size} seconds=3", ["tap=ks0,id=lan,tx_bw=200K"])
+    try:
+        g.wait_for("netbench ready")
+        got, first, last = 0, None, None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                data = rx_sock.recv(2048)
+            except TimeoutError:
+                if g.proc.poll() is not None:
+                    break
+                continue
+            if data == b"STOP":
+                break
+            now = time.monotonic()
+            if first is None:
+                first = now
+            else:
+                got += 1
+                last = now
+    finally:
+        rx_sock.close()
+    verdict_of(g.finish())
+    measured = got * frame_len / (last - first)
+    assert 0.9 * rate < measured < 1.1 * rate, f"{measured:.0f} B/s against a limit of {rate}"

@@ -14,7 +14,11 @@ import os
 
 from kvmm.virtio.errors import VirtioError
 
-NET_SYNTAX = "tap=NAME[,mac=MAC][,id=NAME]"
+NET_SYNTAX = ("tap=NAME[,mac=MAC][,id=NAME][,rx_bw=B/s][,tx_bw=B/s][,rx_iops=N][,tx_iops=N]"
+              "[,rx_bw_burst=B][,tx_bw_burst=B]")
+# kvmm.quota.limits shorthands, per direction
+LIMIT_KEYS = tuple(f"{d}_{k}" for d in ("rx", "tx")
+                   for k in ("bw", "bw_burst", "iops", "iops_burst"))
 MAC_EXAMPLE = "02:00:00:00:00:01"
 MAC_LEN = 6
 ID_MAX = 32
@@ -67,12 +71,14 @@ def _valid_id(text: str) -> bool:
 class NetConfig:
     """One --net option: the TAP's name, an optional MAC (6 bytes) and an id."""
 
-    __slots__ = ("tap", "mac", "id")
+    __slots__ = ("tap", "mac", "id", "limits")
 
-    def __init__(self, tap: str, mac: bytes | None = None, id: str | None = None):
+    def __init__(self, tap: str, mac: bytes | None = None, id: str | None = None,
+                 limits: dict | None = None):
         self.tap = tap
         self.mac = mac
         self.id = id
+        self.limits = limits or {}       # rx_bw=..., tx_iops=... (kvmm.quota.limits)
 
     def describe(self) -> str:
         words = [f"tap={self.tap}"]
@@ -105,7 +111,7 @@ def parse_net(text: str) -> NetConfig:
         if not eq:
             raise NetError(f"--net item {item!r} in {text!r} is not key=value; expected "
                            f"{NET_SYNTAX}")
-        if key not in ("tap", "mac", "id"):
+        if key not in ("tap", "mac", "id") + LIMIT_KEYS:
             raise NetError(f"unknown --net option {key!r} in {text!r}; expected {NET_SYNTAX}")
         if key in seen:
             raise NetError(f"--net option {key!r} given twice in {text!r}")
@@ -114,7 +120,16 @@ def parse_net(text: str) -> NetConfig:
     if not tap:
         raise NetError(f"--net {text!r} names no TAP interface; expected {NET_SYNTAX}")
     mac = seen.get("mac")
-    return NetConfig(tap, parse_mac(mac) if mac is not None else None, seen.get("id"))
+    limits = {k: seen[k] for k in LIMIT_KEYS if k in seen}
+    if limits:
+        from kvmm.quota.limits import LimitError, spec_from_shorthand
+        try:
+            for direction in ("rx_", "tx_"):
+                spec_from_shorthand(limits, direction)
+        except LimitError as e:
+            raise NetError(f"--net {text!r}: {e}") from None
+    return NetConfig(tap, parse_mac(mac) if mac is not None else None, seen.get("id"),
+                     limits)
 
 
 def check_nets(configs: list[NetConfig]) -> None:
@@ -160,13 +175,15 @@ def check_nets(configs: list[NetConfig]) -> None:
 class Nic:
     """An opened NIC: its configuration, its TAP, its MAC and the TAP's MTU."""
 
-    __slots__ = ("id", "tap", "mac", "mtu")
+    __slots__ = ("id", "tap", "mac", "mtu", "config")
 
-    def __init__(self, nic_id: str, tap, mac: bytes, mtu: int):
+    def __init__(self, nic_id: str, tap, mac: bytes, mtu: int,
+                 config: NetConfig | None = None):
         self.id = nic_id
         self.tap = tap
         self.mac = mac
         self.mtu = mtu
+        self.config = config
 
     def close(self) -> None:
         self.tap.close()
@@ -188,7 +205,7 @@ def open_nets(configs: list[NetConfig]) -> list[Nic]:
             if mac is None:
                 mac = generate_mac(taken)
                 taken.add(mac)
-            nics.append(Nic(c.id, tap, mac, tap.mtu()))
+            nics.append(Nic(c.id, tap, mac, tap.mtu(), c))
     except BaseException:
         for nic in nics:
             nic.close()
