@@ -89,10 +89,24 @@ def _shorthand(option: str, text: str, keys: tuple) -> dict:
 
 
 def _quota_settings(args, config) -> None:
-    """The quota options of `kvmm run` into `config` (checked by kvmm.quota)."""
+    """The quota options of `kvmm run` into `config` (checked by kvmm.quota).
+    Nothing is imported unless a limit is given: this runs on the boot path."""
+    from kvmm.config import parse_size
+    if args.drive_group or args.net_group or args.rate_limit:
+        _limit_settings(args, config)
+    if args.mem_overhead_limit is not None:
+        config.mem_overhead_limit = parse_size(args.mem_overhead_limit, "--mem-overhead-limit",
+                                               default_unit="M")
+    config.cpu_quota = args.cpu_quota
+    config.cpu_pin = args.cpu_pin
+    config.api_sock = args.api_sock
+    config.stats_file = args.stats_file
+    config.throttle_backoff_ms = args.throttle_backoff_ms
+
+
+def _limit_settings(args, config) -> None:
     import json
 
-    from kvmm.config import parse_size
     from kvmm.quota.limits import spec_from_json, spec_from_shorthand
     if args.drive_group:
         config.drive_group = _shorthand("--drive-group", args.drive_group,
@@ -115,14 +129,6 @@ def _quota_settings(args, config) -> None:
         if target in config.rate_limits:
             raise UsageError(f"--rate-limit {target} given twice")
         config.rate_limits[target] = obj
-    if args.mem_overhead_limit is not None:
-        config.mem_overhead_limit = parse_size(args.mem_overhead_limit, "--mem-overhead-limit",
-                                               default_unit="M")
-    config.cpu_quota = args.cpu_quota
-    config.cpu_pin = args.cpu_pin
-    config.api_sock = args.api_sock
-    config.stats_file = args.stats_file
-    config.throttle_backoff_ms = args.throttle_backoff_ms
 
 
 RUN_OPTIONS = (
