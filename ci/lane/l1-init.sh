@@ -4,7 +4,10 @@
 # section 2). It loads kvm_amd and the 9p modules, mounts the host's root
 # read-only over virtio-9p, and runs the repository's kvmm (the host's own
 # Python and virtualenv) in a chroot to boot L2. /lane.env (written by
-# ci/lane/lane.py) sets LANE_REPO, LANE_MODULES and LANE_CMD.
+# ci/lane/lane.py) sets LANE_REPO, LANE_MODULES, LANE_TAP, LANE_TAP_ADDR and
+# LANE_CMD. With LANE_TAP set, L1 makes that TAP (persistent, so every kvmm run
+# attaches to it as it is) with the address LANE_TAP_ADDR: the guests' peer. L1
+# has no other NIC; guest traffic never leaves it.
 /bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /host
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -26,6 +29,14 @@ done
 [ -c /dev/kvm ] || die "no /dev/kvm after loading kvm_amd"
 echo "LANE-L1 kvm: $(dmesg | grep -i -m1 'nested paging' || echo 'kvm_amd loaded')"
 
+ip link set lo up
+if [ -n "$LANE_TAP" ]; then
+    tunctl -t "$LANE_TAP" >/dev/null || die "cannot create the TAP $LANE_TAP"
+    ip addr add "$LANE_TAP_ADDR" dev "$LANE_TAP" || die "cannot address $LANE_TAP"
+    ip link set "$LANE_TAP" up || die "cannot bring $LANE_TAP up"
+    echo "LANE-L1 tap: $LANE_TAP $LANE_TAP_ADDR"
+fi
+
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /host \
     || die "cannot mount the host's root over 9p"
 mkdir -p /dev/shm
@@ -39,6 +50,10 @@ case "$LANE_REPO" in
 esac
 echo "LANE-L1 running: $LANE_CMD"
 chroot /host /bin/sh -c "cd '$LANE_REPO' && $LANE_CMD"
+if [ -n "$LANE_TAP" ]; then
+    s=/sys/class/net/$LANE_TAP/statistics
+    echo "LANE-L1 tap $LANE_TAP: rx_packets=$(cat $s/rx_packets) tx_packets=$(cat $s/tx_packets) rx_dropped=$(cat $s/rx_dropped) tx_dropped=$(cat $s/tx_dropped)"
+fi
 echo "LANE-L1 done"
 poweroff -f
 sleep 10

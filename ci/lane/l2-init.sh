@@ -4,7 +4,8 @@
 # "LANE-L2 CHECK name PASS|FAIL detail" line per check and a verdict line
 # "LANE-L2 RESULT PASS|FAIL", then powers off (ACPI S5: kvmm must exit 0).
 # Options come from the kernel command line: lane.cpus=N (expected CPUs),
-# lane.disk=1 (a virtio-blk disk is attached), lane.net=1 (virtio-net, later).
+# lane.disk=1 (a virtio-blk disk is attached), lane.net=1 with lane.ip=ADDR/LEN,
+# lane.peer=ADDR, lane.pings=N (a virtio-net NIC: address it, ping the peer).
 /bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /mnt
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -62,11 +63,21 @@ if [ "$(arg disk)" = 1 ]; then
 fi
 
 if [ "$(arg net)" = 1 ]; then
-    # virtio-net: the device must appear as eth0 and come up. Next step: an
-    # address on both ends and a ping across L1's TAP.
-    for i in 1 2 3 4 5; do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
+    # virtio-net: the device must appear as eth0 and come up; then an address
+    # (lane.ip) and pings to L1's end of the TAP (lane.peer), every one answered.
+    for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
     check virtio-net-found "$(ls /sys/class/net | tr '\n' ' ')" [ -e /sys/class/net/eth0 ]
     check virtio-net-up "mac $(cat /sys/class/net/eth0/address 2>/dev/null)" ip link set eth0 up
+    ip=$(arg ip); peer=$(arg peer); pings=$(arg pings)
+    check net-addr "$ip" ip addr add "$ip" dev eth0
+    # bounded: -c pings one a second, -W waits for the last reply, -w caps it all
+    ping -c "${pings:-3}" -W 5 -w 30 "$peer" >/tmp/ping.out 2>&1
+    got=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping.out)
+    rtt=$(sed -n 's/.*min\/avg\/max = //p' /tmp/ping.out)
+    check ping "$peer: ${got:-0}/${pings:-3} replies, rtt min/avg/max $rtt" \
+        sh -c "cat /tmp/ping.out; [ '${got:-0}' = '${pings:-3}' ]"
+    s=/sys/class/net/eth0/statistics
+    echo "LANE-L2 eth0: rx_packets=$(cat $s/rx_packets) tx_packets=$(cat $s/tx_packets) rx_dropped=$(cat $s/rx_dropped) tx_dropped=$(cat $s/tx_dropped)"
 fi
 
 if [ $failed = 0 ]; then echo "LANE-L2 RESULT PASS"; else echo "LANE-L2 RESULT FAIL"; fi

@@ -7,10 +7,15 @@
         the host's root is shared read-only over virtio-9p and the repository's
         own kvmm runs from it in a chroot (ci/lane/l1-init.sh)
     L2  Debian's cloud kernel (linux-image-<abi>-cloud-amd64, unmodified, a
-        bzImage) booted by `kvmm boot-test` with 2 vCPUs, a busybox initramfs
-        with the virtio modules of the same package, and a virtio-blk disk;
-        ci/lane/l2-init.sh checks CPUs, kvm-clock, the disk (mkfs, write,
-        read back) and powers off through ACPI S5, which must end kvmm
+        bzImage, then the vmlinux inside it) booted by `kvmm boot-test` with 2
+        vCPUs, a busybox initramfs with the virtio modules of the same package,
+        a virtio-blk disk and a virtio-net NIC on a TAP in L1 (10.0.2.1/24 in
+        L1, 10.0.2.2/24 in L2); ci/lane/l2-init.sh checks CPUs, kvm-clock, the
+        disk (mkfs, write, read back), pings L1 across the TAP and powers off
+        through ACPI S5, which must end kvmm
+    and in L1 too, the project's guest kernel under kvmm in its hardware-KVM
+        form (ci/lane/guest_modes.py: hello with world=kvm, smp, timer, mem,
+        exception, reset, blktest, netecho, hostile-net)
 
 Everything comes from Debian packages (`apt-get install` / `apt-get download`),
 cached under $KVMM_LANE_CACHE (default /var/cache/kvmm-lane, or
@@ -20,10 +25,14 @@ cached under $KVMM_LANE_CACHE (default /var/cache/kvmm-lane, or
     ci/lane/run            the whole lane (this file's `run`)
     ci/lane/fetch          only download and unpack the kernels, and write the
                            test images the unit tests use (bzImage, vmlinux)
+    lane.py exec CMD       boot L1 and run CMD there (debugging; bench/linux.py
+                           uses the same machinery through `Lane`)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import glob
 import gzip
 import lzma
@@ -39,6 +48,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+GUEST_KERNEL = os.path.join(REPO, "guest-kernel", "build", "kvmm-guest.elf")
 APT_PACKAGES = ("qemu-system-x86", "busybox-static")
 FETCH_PACKAGES = ("lz4",)            # to unpack the cloud kernel's LZ4 payload (vmlinux)
 L1_FLAVOUR = "amd64"                 # has 9p and virtio-pci as modules
@@ -53,13 +63,39 @@ L2_VCPUS = 2
 L2_MEM = "512M"
 L1_MEM = "2G"
 DISK_SIZE = 64 << 20
+# Networking inside L1: a persistent TAP that L1's /init makes and addresses; every
+# guest (L2 Linux and the guest-kernel modes) gets the same address and MAC, so L1's
+# neighbour entry stays right from one guest to the next.
+LANE_TAP = "lane0"
+TAP_ADDR = "10.0.2.1/24"            # L1's end
+GUEST_ADDR = "10.0.2.2/24"          # the guest's end (eth0 in L2)
+GUEST_MAC = "02:00:0a:00:02:02"     # locally administered
+PING_COUNT = 3
 DEFAULT_TIMEOUT = 540               # the whole lane, seconds
-L2_TIMEOUT = 420                    # kvmm boot-test inside L1
+L2_TIMEOUT = 240                    # kvmm boot-test inside L1 (a boot takes 9-20 s there)
+# The project's guest kernel in L1 (ci/lane/guest_modes.py): these modes, and the
+# network ones when L2 has a NIC. Each kvmm run is bounded by MODE_TIMEOUT.
+GUEST_MODES = ("hello", "smp", "timer", "mem", "exception", "reset", "blktest")
+GUEST_NET_MODES = ("netecho", "hostile-net")
+MODE_TIMEOUT = 120
 CONSOLE_TAIL = 40
+# L1's kernel reporting a CPU that stopped taking interrupts: seen now and then
+# under QEMU 7.2's TCG (docs/linux-guests.md); the lane stops L1 then instead of
+# waiting for its timeout, and runs once more (--stall-retries).
+L1_STALL_PATTERNS = ("rcu: INFO: rcu_preempt detected stalls",
+                     "rcu: INFO: rcu_preempt self-detected stall",
+                     "rcu: INFO: rcu_sched detected stalls",
+                     "watchdog: BUG: soft lockup", "NMI watchdog: Watchdog detected hard LOCKUP")
+STALL_GRACE = 10.0                  # seconds of console after the stall report
+STALL_RETRIES = 1
+LOCK_WAIT = 900                     # seconds to wait for another run of the same kind
 
 
-def log(msg: str) -> None:
-    print(f"lane: {msg}", flush=True)
+def log(msg: str, stream=None) -> None:
+    """A lane message; `stream` is a binary stream (default stdout)."""
+    out = sys.stdout.buffer if stream is None else stream
+    out.write(f"lane: {msg}\n".encode())
+    out.flush()
 
 
 class LaneError(Exception):
@@ -321,29 +357,40 @@ def fetch_images(cache: str) -> dict:
 
 
 # The lane. -----------------------------------------------------------------------
-def build_l2(cache: str, abi: str, work: str) -> tuple[str, str]:
+def build_l2(cache: str, abi: str, work: str, init_script: str = "l2-init.sh",
+             name: str = "l2-initramfs.cpio", modules=L2_MODULES) -> tuple[str, str]:
+    """(bzImage, initramfs) of L2: Debian's cloud kernel and a busybox initramfs
+    with `init_script` as /init and `modules` (the virtio set) from the same
+    package."""
     tree = fetch_kernel(cache, abi, L2_FLAVOUR)
     vmlinuz, config, moddir = kernel_files(tree)
     with open(config) as f:
         cfg = f.read()
-    for opt in ("CONFIG_ACPI=y", "CONFIG_VIRTIO_MMIO=m", "CONFIG_VIRTIO_BLK=m"):
+    for opt in ("CONFIG_ACPI=y", "CONFIG_VIRTIO_MMIO=m", "CONFIG_VIRTIO_BLK=m",
+                "CONFIG_VIRTIO_NET=m"):
         if opt not in cfg:
             raise LaneError(f"{config}: expected {opt}")
-    c = base_initramfs("l2-init.sh")
-    add_modules(c, moddir, L2_MODULES)
-    return vmlinuz, write_file(os.path.join(work, "l2-initramfs.cpio"), c.bytes())
+    c = base_initramfs(init_script)
+    add_modules(c, moddir, modules)
+    return vmlinuz, write_file(os.path.join(work, name), c.bytes())
 
 
-def build_l1(cache: str, abi: str, work: str, lane_cmd: str) -> tuple[str, str]:
+def build_l1(cache: str, abi: str, work: str, lane_cmd: str, name: str = "l1-initramfs.cpio",
+             tap: bool = True) -> tuple[str, str]:
+    """(kernel, initramfs) of L1, whose /init runs `lane_cmd` in the host's root.
+    With `tap`, L1 first makes the persistent TAP LANE_TAP with the address
+    TAP_ADDR (L1 has no other NIC: the traffic stays inside it)."""
     tree = fetch_kernel(cache, abi, L1_FLAVOUR)
     vmlinuz, _, moddir = kernel_files(tree)
     c = base_initramfs("l1-init.sh")
     add_modules(c, moddir, L1_MODULES)
     env = (f"LANE_REPO={shell_quote(REPO)}\n"
            f"LANE_MODULES={shell_quote(' '.join(L1_MODULES))}\n"
+           f"LANE_TAP={shell_quote(LANE_TAP if tap else '')}\n"
+           f"LANE_TAP_ADDR={shell_quote(TAP_ADDR)}\n"
            f"LANE_CMD={shell_quote(lane_cmd)}\n")
     c.file("lane.env", env.encode())
-    return vmlinuz, write_file(os.path.join(work, "l1-initramfs.cpio"), c.bytes())
+    return vmlinuz, write_file(os.path.join(work, name), c.bytes())
 
 
 def kvmm_supports_drives(python: str) -> bool:
@@ -353,16 +400,29 @@ def kvmm_supports_drives(python: str) -> bool:
 
 class L2Run:
     """One kvmm boot of the stock kernel inside L1."""
-    def __init__(self, name: str, kernel: str, disk: bool):
+    def __init__(self, name: str, kernel: str, disk: bool, net: bool = False):
         self.name = name          # "bzImage" or "vmlinux"
         self.kernel = kernel
-        self.disk = disk
+        self.disk = disk          # a virtio-blk disk: mkfs, write, read back
+        self.net = net            # a virtio-net NIC on LANE_TAP: address, ping L1
+
+    def wanted_checks(self) -> list[str]:
+        """The l2-init.sh checks that must pass in this boot."""
+        names = ["cpus", "hypervisor", "kvm-clock"]
+        if self.disk:
+            names += ["virtio-blk-found", "mkfs", "mount", "write", "umount", "remount",
+                      "read-back"]
+        if self.net:
+            names += ["virtio-net-found", "virtio-net-up", "net-addr", "ping"]
+        return names
 
 
-def boot_test_command(python: str, run: L2Run, initrd: str, net: bool, l2_timeout: int,
+def boot_test_command(python: str, run: L2Run, initrd: str, l2_timeout: int,
                       verbose: bool = False, keep_xsave: bool = False) -> str:
+    # printk.time=0: L2's kernel lines carry no times, L1's do (see l1_stall)
     cmdline = ["console=ttyS0", "reboot=k", "panic=-1", "pci=off", "8250.nr_uarts=1",
-               "rdinit=/init", f"lane.cpus={L2_VCPUS}", f"lane.kind={run.name}"]
+               "printk.time=0", "rdinit=/init", f"lane.cpus={L2_VCPUS}",
+               f"lane.kind={run.name}"]
     if not verbose:
         cmdline += ["quiet", "loglevel=4"]    # each console byte is two exits to kvmm
     args = [python, "-m", "kvmm", "boot-test", "--kernel", run.kernel, "--initrd", initrd,
@@ -375,49 +435,86 @@ def boot_test_command(python: str, run: L2Run, initrd: str, net: bool, l2_timeou
     if run.disk:
         args += ["--drive", "path=/dev/shm/lane-disk.img"]
         cmdline.append("lane.disk=1")
-    if net:
-        # A TAP in L1 that kvmm creates and brings up; no address, no traffic yet.
-        # Next step: address both ends and ping across it in l2-init.sh.
-        args += ["--net", "tap=lane0"]
-        cmdline.append("lane.net=1")
+    if run.net:
+        # L1's TAP (made and addressed by l1-init.sh); eth0 gets GUEST_ADDR and
+        # pings L1's end.
+        args += ["--net", f"tap={LANE_TAP},mac={GUEST_MAC}"]
+        cmdline += ["lane.net=1", f"lane.ip={GUEST_ADDR}",
+                    f"lane.peer={TAP_ADDR.split('/')[0]}", f"lane.pings={PING_COUNT}"]
     args += ["--cmdline", " ".join(cmdline)]
     return " ".join(shell_quote(a) for a in args)
 
 
-def lane_command(python: str, runs: list[L2Run], initrd: str, net: bool, l2_timeout: int,
-                 verbose: bool = False, keep_xsave: bool = False) -> str:
+def guest_modes_command(python: str, modes, net: bool, timeout: int) -> str:
+    """ci/lane/guest_modes.py in L1: the project's guest kernel, one kvmm run per mode."""
+    args = [python, "-I", os.path.join(HERE, "guest_modes.py"), "--python", python,
+            "--kernel", GUEST_KERNEL, "--repo", REPO, "--timeout", str(timeout)]
+    if net:
+        args += ["--tap", LANE_TAP, "--ip", GUEST_ADDR, "--peer", TAP_ADDR.split("/")[0],
+                 "--mac", GUEST_MAC]
+    args += list(modes)
+    return " ".join(shell_quote(a) for a in args)
+
+
+def lane_command(python: str, runs: list[L2Run], initrd: str, l2_timeout: int,
+                 verbose: bool = False, keep_xsave: bool = False, modes=(),
+                 net: bool = False, mode_timeout: int = 0) -> str:
     """The shell command L1 runs in the host's root: each boot, then a marker
-    line `LANE-L1 run NAME exit=STATUS`."""
+    line `LANE-L1 run NAME exit=STATUS`; then the guest-kernel modes (marker
+    name `guest-modes`)."""
     parts = []
     if any(r.disk for r in runs):
         parts.append(f"truncate -s {DISK_SIZE} /dev/shm/lane-disk.img")
     for run in runs:
-        parts.append(boot_test_command(python, run, initrd, net, l2_timeout, verbose,
-                                       keep_xsave))
+        parts.append(boot_test_command(python, run, initrd, l2_timeout, verbose, keep_xsave))
         parts.append(f'echo "LANE-L1 run {run.name} exit=$?"')
+    if modes:
+        parts.append(guest_modes_command(python, modes, net, mode_timeout))
+        parts.append('echo "LANE-L1 run guest-modes exit=$?"')
     return "; ".join(parts)
 
 
-def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int) -> tuple:
-    cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35",
+_L1_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")
+
+
+def l1_stall(line: str) -> bool:
+    """A line of L1's own kernel saying one of its CPUs stopped (RCU stall, soft
+    lockup): QEMU's TCG under L1 has lost a CPU, and L1 will at best crawl on.
+    L1's kernel lines carry printk times; L2's do not (the lane boots L2 with
+    printk.time=0), so a stall inside L2 is not taken for one of L1."""
+    return bool(_L1_KERNEL_LINE.match(line)) and any(p in line for p in L1_STALL_PATTERNS)
+
+
+def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int,
+             echo=None, extra_append: str = "", tcg_thread: str = "multi") -> tuple:
+    """Boot L1 and collect its console lines until QEMU exits, `timeout`
+    seconds pass, or L1's kernel reports a stalled CPU (then STALL_GRACE
+    seconds more, for its report); QEMU is killed in the last two cases. The
+    console is streamed to `echo` (a binary stream; default stdout) as it comes
+    and kept in `logpath`. Returns (status, lines, seconds, stopped): stopped is
+    None, "timeout" or "stall: <L1's line>"."""
+    out = sys.stdout.buffer if echo is None else echo
+    append = "console=ttyS0 rdinit=/init panic=-1 mitigations=off quiet loglevel=4"
+    cmd = ["qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread}", "-cpu", "max", "-M", "q35",
            "-m", L1_MEM, "-smp", str(smp), "-nodefaults", "-display", "none",
            "-serial", "stdio", "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
-           "-append", "console=ttyS0 rdinit=/init panic=-1 mitigations=off quiet loglevel=4",
+           "-append", f"{append} {extra_append}".strip(),
            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
            "multidevs=remap"]
-    log("L1: " + " ".join(cmd))
+    log("L1: " + " ".join(cmd), out)
     start = time.monotonic()
     lines: list[str] = []
     partial = b""
+    stopped = None
+    deadline = start + timeout
     with open(logpath, "wb") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
-        timed_out = False
         try:
             while True:
-                left = timeout - (time.monotonic() - start)
+                left = deadline - time.monotonic()
                 if left <= 0:
-                    timed_out = True
+                    stopped = stopped or "timeout"
                     break
                 ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
                 if not ready:
@@ -426,84 +523,211 @@ def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int) 
                 if not chunk:
                     break
                 logf.write(chunk)
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                out.write(chunk)
+                out.flush()
                 partial += chunk
                 *done, partial = partial.split(b"\n")
-                lines += [d.decode("utf-8", "replace").rstrip("\r") for d in done]
+                new = [d.decode("utf-8", "replace").rstrip("\r") for d in done]
+                lines += new
+                if stopped is None:
+                    hit = next((ln for ln in new if l1_stall(ln)), None)
+                    if hit is not None:
+                        stopped = f"stall: {hit.strip()}"
+                        deadline = min(deadline, time.monotonic() + STALL_GRACE)
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
     if partial:
         lines.append(partial.decode("utf-8", "replace"))
-    return proc.returncode, lines, time.monotonic() - start, timed_out
+    return proc.returncode, lines, time.monotonic() - start, stopped
 
 
-def verdict(lines: list[str], runs: list[L2Run]) -> tuple[bool, list[str]]:
+class Lane:
+    """What every use of L1 needs: the packages, the kernel ABI, the cache and
+    work directories, and the repository's interpreter. `tag` names this use's
+    files in the work directory (the lane and the benchmark may run at once)."""
+
+    def __init__(self, tag: str = "lane", echo=None):
+        self.tag = tag
+        self.echo = echo
+        self.cache = cache_dir()
+        self.work = os.path.join(self.cache, "work")
+        os.makedirs(self.work, exist_ok=True)
+        self.python = os.path.join(REPO, ".venv", "bin", "python")
+        if not os.access(self.python, os.X_OK):
+            raise LaneError(f"{self.python} is missing: run ci/setup first")
+        ensure_packages(APT_PACKAGES)
+        self.abi = kernel_abi(self.cache)
+        # L1 sees the repository read-only: stale bytecode would be compiled again
+        # (slowly, in TCG) at every start.
+        sh(self.python, "-m", "compileall", "-q", "kvmm", "bench", cwd=REPO)
+
+    def path(self, suffix: str) -> str:
+        return os.path.join(self.work, f"{self.tag}-{suffix}" if self.tag != "lane" else suffix)
+
+    def build_l2(self, init_script: str = "l2-init.sh", modules=L2_MODULES) -> tuple[str, str]:
+        return build_l2(self.cache, self.abi, self.work, init_script,
+                        os.path.basename(self.path("l2-initramfs.cpio")), modules)
+
+    def run_l1(self, cmd: str, timeout: float, smp: int = 2, tap: bool = True,
+               tcg_thread: str = "multi") -> tuple:
+        """Boot L1, run `cmd` in the host's root there, power off; see run_qemu.
+        Runs of the same tag take turns (their initramfs and console log have
+        the same names)."""
+        with self._turn():
+            kernel, initrd = build_l1(self.cache, self.abi, self.work, cmd,
+                                      os.path.basename(self.path("l1-initramfs.cpio")), tap)
+            return run_qemu(kernel, initrd, timeout, self.path("l1-console.log"), smp,
+                            self.echo, tcg_thread=tcg_thread)
+
+    @contextlib.contextmanager
+    def _turn(self):
+        path = self.path("lock")
+        with open(path, "a+") as f:
+            waited = False
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LaneError(f"another run has held {path} for {LOCK_WAIT} s") \
+                            from None
+                    if not waited:
+                        f.seek(0)
+                        log(f"waiting for another {self.tag} run to finish "
+                            f"({path}: {f.read().strip() or '?'})", self.echo)
+                        waited = True
+                    time.sleep(1)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _segments(lines: list[str], names: list[str]) -> dict[str, list[str]]:
+    """The console lines of each run: from the previous `LANE-L1 run ... exit=`
+    marker to this run's (a run without a marker gets the rest)."""
+    out: dict[str, list[str]] = {}
+    rest = lines
+    for name in names:
+        marker = next((i for i, ln in enumerate(rest)
+                       if ln.startswith(f"LANE-L1 run {name} exit=")), None)
+        out[name] = rest if marker is None else rest[:marker + 1]
+        rest = [] if marker is None else rest[marker + 1:]
+    return out
+
+
+def verdict(lines: list[str], runs: list[L2Run], modes=()) -> tuple[bool, list[str]]:
+    """(passed, problems) from L1's console. A run that did not finish (no
+    `LANE-L1 run NAME exit=` marker: a hang, or the lane's timeout) is reported
+    once, with the checks that failed before it stopped, not check by check."""
     problems = []
-    checks = [ln for ln in lines if ln.startswith("LANE-L2 CHECK ")]
-    problems += [f"L2 check failed: {ln[len('LANE-L2 CHECK '):]}" for ln in checks
-                 if " FAIL" in ln]
-    wanted = ["cpus", "kvm-clock"] + (["virtio-blk-found", "read-back"]
-                                      if any(r.disk for r in runs) else [])
-    if any("lane.net=1" in ln for ln in lines if ln.startswith("LANE-L2 init:")):
-        wanted.append("virtio-net-found")
-    for name in wanted:
-        if not any(ln.startswith(f"LANE-L2 CHECK {name} PASS") for ln in checks):
-            problems.append(f"L2 check {name} did not pass")
-    for run in runs:
-        marker = [ln for ln in lines if ln.startswith(f"LANE-L1 run {run.name} exit=")]
+    names = [r.name for r in runs] + (["guest-modes"] if modes else [])
+    segments = _segments(lines, names)
+    finished = {}
+    for name in names:
+        marker = [ln for ln in segments[name] if ln.startswith(f"LANE-L1 run {name} exit=")]
+        finished[name] = bool(marker)
         if not marker:
-            problems.append(f"the {run.name} boot did not finish")
-        elif marker[-1] != f"LANE-L1 run {run.name} exit=0":
-            problems.append(f"kvmm boot-test of the {run.name} failed "
-                            f"({marker[-1].rsplit(' ', 1)[-1]}; 1 = FAIL, see above)")
-    if sum("kvmm boot-test: PASS" in ln for ln in lines) < len(runs):
-        problems.append("kvmm boot-test did not report PASS for every boot (the guest's "
-                        "poweroff must end it)")
+            problems.append(f"the {name} run did not finish")
+        elif marker[-1] != f"LANE-L1 run {name} exit=0":
+            problems.append(f"the {name} run failed ({marker[-1].rsplit(' ', 1)[-1]}; "
+                            "see above)")
+    for run in runs:
+        seg = segments[run.name]
+        checks = [ln for ln in seg if ln.startswith("LANE-L2 CHECK ")]
+        problems += [f"{run.name}: L2 check failed: {ln[len('LANE-L2 CHECK '):]}"
+                     for ln in checks if ln.split()[3:4] == ["FAIL"]]
+        if not finished[run.name]:
+            continue
+        for name in run.wanted_checks():
+            if not any(ln.startswith(f"LANE-L2 CHECK {name} PASS") for ln in checks):
+                problems.append(f"{run.name}: L2 check {name} did not pass")
+        if not any("kvmm boot-test: PASS" in ln for ln in seg):
+            problems.append(f"{run.name}: kvmm boot-test did not report PASS (the guest's "
+                            "poweroff must end it)")
+    if modes:
+        seg = segments["guest-modes"]
+        missing = []
+        for mode in modes:
+            hit = [ln for ln in seg if ln.startswith(f"LANE-GK MODE {mode} ")]
+            if not hit:
+                missing.append(mode)
+            elif hit[-1].split()[3] != "PASS":
+                problems.append(f"guest kernel mode {mode}: {' '.join(hit[-1].split()[3:])}")
+        if missing:
+            problems.append(f"guest kernel modes without a result: {', '.join(missing)}")
+        if finished["guest-modes"] and not any(ln == "LANE-GK RESULT PASS" for ln in seg):
+            problems.append("the guest kernel modes did not report LANE-GK RESULT PASS")
     return not problems, problems
 
 
 def run_lane(args) -> int:
-    cache = cache_dir()
-    work = os.path.join(cache, "work")
-    os.makedirs(work, exist_ok=True)
-    python = os.path.join(REPO, ".venv", "bin", "python")
-    if not os.access(python, os.X_OK):
-        raise LaneError(f"{python} is missing: run ci/setup first")
     t0 = time.monotonic()
-    ensure_packages(APT_PACKAGES)
-    abi = kernel_abi(cache)
-    log(f"kernels: linux-image-{abi}-{L1_FLAVOUR} (L1), linux-image-{abi}-{L2_FLAVOUR} (L2); "
-        f"cache {cache}")
-    l2_kernel, l2_initrd = build_l2(cache, abi, work)
-    disk = not args.no_disk and kvmm_supports_drives(python)
+    lane = Lane("lane")
+    log(f"kernels: linux-image-{lane.abi}-{L1_FLAVOUR} (L1), "
+        f"linux-image-{lane.abi}-{L2_FLAVOUR} (L2); cache {lane.cache}")
+    l2_kernel, l2_initrd = lane.build_l2()
+    disk = not args.no_disk and kvmm_supports_drives(lane.python)
     if not disk:
         log("no virtio-blk disk in this run" + (" (--no-disk)" if args.no_disk else
                                                 " (kvmm has no --drive yet)"))
-    runs = [L2Run("bzImage", l2_kernel, disk)]
+    net = not args.no_net
+    runs = [L2Run("bzImage", l2_kernel, disk, net)]
     if not args.no_vmlinux:
-        vmlinux = fetch_images(cache).get("vmlinux")
+        vmlinux = fetch_images(lane.cache).get("vmlinux")
         if vmlinux and os.path.exists(vmlinux):
-            runs.append(L2Run("vmlinux", vmlinux, False))
+            runs.append(L2Run("vmlinux", vmlinux, False, net))
         else:
             log("no vmlinux boot: the bzImage's payload could not be decompressed here")
-    cmd = lane_command(python, runs, l2_initrd, args.net, args.l2_timeout, args.verbose,
-                       args.keep_xsave)
-    l1_kernel, l1_initrd = build_l1(cache, abi, work, cmd)
+    modes: list[str] = []
+    if not args.no_modes:
+        modes = args.modes.split(",") if args.modes else \
+            list(GUEST_MODES) + (list(GUEST_NET_MODES) if net else [])
+        if not os.path.exists(GUEST_KERNEL):
+            raise LaneError(f"{GUEST_KERNEL} is not built: run `make -C guest-kernel` "
+                            "(ci/setup does), or --no-modes")
+    cmd = lane_command(lane.python, runs, l2_initrd, args.l2_timeout, args.verbose,
+                       args.keep_xsave, modes, net, args.mode_timeout)
     log(f"set-up took {time.monotonic() - t0:.1f} s")
-    logpath = os.path.join(work, "l1-console.log")
-    status, lines, elapsed, timed_out = run_qemu(l1_kernel, l1_initrd, args.timeout, logpath,
-                                                 args.smp)
-    ok, problems = verdict(lines, runs)
-    if timed_out:
+    stalls = []
+    for attempt in range(1 + args.stall_retries):
+        status, lines, elapsed, stopped = lane.run_l1(cmd, args.timeout, args.smp, tap=net,
+                                                      tcg_thread=args.tcg_thread)
+        if not (stopped or "").startswith("stall"):
+            break
+        stalls.append(stopped)
+        print(flush=True)
+        log(f"L1 STALLED after {elapsed:.1f} s, attempt {attempt + 1}: {stopped}")
+        log("  (L1's own kernel lost a CPU under QEMU's TCG; not a kvmm verdict)")
+        if attempt < args.stall_retries:
+            log("running the lane again")
+    ok, problems = verdict(lines, runs, modes)
+    if stopped == "timeout":
         ok = False
         problems.insert(0, f"the lane did not finish within {args.timeout} s (QEMU killed)")
+    elif stopped:
+        ok = False
+        problems.insert(0, f"L1 stalled in every attempt ({len(stalls)}): {stopped}")
     total = time.monotonic() - t0
+    logpath = lane.path("l1-console.log")
     print(flush=True)
+    passed = sum(ln.startswith("LANE-L2 CHECK ") and ln.split()[3:4] == ["PASS"]
+                 for ln in lines)
+    summary = (f"{len(runs)} L2 boots ({passed} checks passed), "
+               f"{sum(ln.startswith('LANE-GK MODE ') and ln.split()[3] == 'PASS' for ln in lines)}"
+               f"/{len(modes)} guest kernel modes")
+    if stalls and ok:
+        summary += f"; after {len(stalls)} L1 stall(s) under TCG, first: {stalls[0]}"
     if ok:
-        log(f"PASS in {total:.1f} s (L1 ran {elapsed:.1f} s); console log {logpath}")
+        log(f"PASS in {total:.1f} s (L1 ran {elapsed:.1f} s): {summary}; console log {logpath}")
         return 0
     log(f"FAIL after {total:.1f} s (QEMU exit {status}); console log {logpath}")
     for p in problems:
@@ -514,6 +738,17 @@ def run_lane(args) -> int:
     return 1
 
 
+def exec_in_l1(args) -> int:
+    """`lane.py exec CMD`: boot L1 (with its TAP) and run CMD in the host's root there."""
+    lane = Lane("exec")
+    status, lines, elapsed, stopped = lane.run_l1(args.cmd, args.timeout, args.smp,
+                                                  tap=not args.no_net)
+    print(flush=True)
+    log(f"L1 ran {elapsed:.1f} s" + (f" and was killed ({stopped})" if stopped else
+                                     f", QEMU exit {status}"))
+    return 1 if stopped else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="ci/lane/lane.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -522,7 +757,15 @@ def main(argv=None) -> int:
                      help=f"seconds for the whole L1 run (default {DEFAULT_TIMEOUT})")
     run.add_argument("--l2-timeout", type=int, default=L2_TIMEOUT,
                      help=f"kvmm boot-test's --timeout inside L1 (default {L2_TIMEOUT})")
+    run.add_argument("--mode-timeout", type=int, default=MODE_TIMEOUT,
+                     help=f"kvmm's --timeout per guest-kernel mode (default {MODE_TIMEOUT})")
     run.add_argument("--smp", type=int, default=2, help="L1 CPUs (default 2)")
+    run.add_argument("--tcg-thread", choices=("multi", "single"), default="multi",
+                     help="QEMU's TCG threading for L1 (default multi: one host thread per "
+                     "L1 CPU; single hung a 2-vCPU L2 in its boot when tried)")
+    run.add_argument("--stall-retries", type=int, default=STALL_RETRIES,
+                     help="run again this many times when L1's own kernel stalls under "
+                     f"TCG (default {STALL_RETRIES})")
     run.add_argument("--no-disk", action="store_true", help="no virtio-blk disk for L2")
     run.add_argument("--keep-xsave", action="store_true",
                      help="do not hide XSAVE from L2 (shows QEMU 7.2's XSETBV bug)")
@@ -531,8 +774,20 @@ def main(argv=None) -> int:
     run.add_argument("--verbose", action="store_true",
                      help="L2 boots without quiet: its whole kernel log on the console")
     run.add_argument("--net", action="store_true",
-                     help="also give L2 a virtio-net NIC (a TAP in L1) and require eth0")
+                     help="(the default; kept for old command lines)")
+    run.add_argument("--no-net", action="store_true",
+                     help="no virtio-net NIC for L2, no TAP in L1, no network modes")
+    run.add_argument("--no-modes", action="store_true",
+                     help="do not run the project's guest kernel modes in L1")
+    run.add_argument("--modes", help="comma-separated guest kernel modes instead of the "
+                     f"default set ({','.join(GUEST_MODES + GUEST_NET_MODES)})")
     sub.add_parser("fetch", help="fetch the kernels and write the unit tests' images")
+    ex = sub.add_parser("exec", help="boot L1 and run a shell command in the host's root "
+                        "there (debugging)")
+    ex.add_argument("--timeout", type=int, default=300)
+    ex.add_argument("--smp", type=int, default=2)
+    ex.add_argument("--no-net", action="store_true", help="no TAP in L1")
+    ex.add_argument("cmd", help="shell command, run in the repository")
     args = ap.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -540,6 +795,8 @@ def main(argv=None) -> int:
             for key, path in out.items():
                 log(f"{key}: {path}" + ("" if os.path.exists(path) else " (not available)"))
             return 0
+        if args.command == "exec":
+            return exec_in_l1(args)
         return run_lane(args)
     except LaneError as e:
         log(f"set-up problem: {e}")

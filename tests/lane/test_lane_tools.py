@@ -136,7 +136,8 @@ def test_verdict():
     ok, problems = lane.verdict(failed, RUNS, MODES)
     assert not ok and any("vmlinux run failed" in p for p in problems)
     unfinished = [ln for ln in GOOD if "run vmlinux" not in ln]
-    assert not lane.verdict(unfinished, RUNS, MODES)[0]
+    ok, problems = lane.verdict(unfinished, RUNS, MODES)
+    assert not ok and "the vmlinux run did not finish" in problems
 
 
 def test_verdict_checks_are_per_boot():
@@ -156,15 +157,27 @@ def test_verdict_guest_modes():
               .replace("guest-modes exit=0", "guest-modes exit=1") for ln in GOOD]
     ok, problems = lane.verdict(failed, RUNS, MODES)
     assert not ok
-    assert "guest kernel mode netecho: FAIL 9.0 s no echo" in problems
+    assert "guest kernel mode netecho: FAIL 9.0 s no echo datagrams=32" in problems
+    assert "the guest-modes run failed (exit=1; see above)" in problems
     missing = [ln for ln in GOOD if "MODE hello" not in ln]
     ok, problems = lane.verdict(missing, RUNS, MODES)
-    assert problems == ["guest kernel mode hello: no result"]
+    assert problems == ["guest kernel modes without a result: hello"]
     assert lane.verdict(GOOD, RUNS, ["hello", "netecho", "smp"])[0] is False
     # a hang: the lane killed QEMU in the middle of the modes
     cut = GOOD[:GOOD.index("LANE-GK MODE netecho PASS 4.7 s datagrams=32")]
     ok, problems = lane.verdict(cut, RUNS, MODES)
-    assert "the guest-modes run did not finish" in problems
+    assert problems == ["the guest-modes run did not finish",
+                        "guest kernel modes without a result: netecho"]
+
+
+def test_verdict_hang_in_a_boot_is_reported_once():
+    cut = GOOD[:GOOD.index("LANE-L1 run bzImage exit=0") + 3]    # into the vmlinux boot
+    cut = [ln.replace("cpus PASS", "cpus FAIL") if i > len(cut) - 3 else ln
+           for i, ln in enumerate(cut)]
+    ok, problems = lane.verdict(cut, RUNS, MODES)
+    assert problems == ["the vmlinux run did not finish", "the guest-modes run did not finish",
+                        "vmlinux: L2 check failed: cpus FAIL want=2 have=2 online=0-1",
+                        "guest kernel modes without a result: hello, netecho"]
 
 
 def test_l2_init_is_valid_shell():
@@ -172,3 +185,14 @@ def test_l2_init_is_valid_shell():
         path = os.path.join(REPO, "ci", "lane", script)
         r = subprocess.run(["sh", "-n", path], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
+
+
+def test_l1_stall_is_l1s_kernel_only():
+    assert lane.l1_stall("[   51.472585] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
+    assert lane.l1_stall("[  120.000001] watchdog: BUG: soft lockup - CPU#1 stuck for 22s!")
+    # L2 boots with printk.time=0: its reports have no time and are not L1's
+    assert not lane.l1_stall("rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
+    assert not lane.l1_stall("[    9.4] kvm [128]: vcpu0, guest rIP: 0xffff Unhandled WRMSR")
+    runs = [lane.L2Run("bzImage", "k", disk=False, net=False)]
+    argv = shlex.split(lane.lane_command("py", runs, "i", l2_timeout=300).split("; ")[0])
+    assert "printk.time=0" in argv[argv.index("--cmdline") + 1].split()
