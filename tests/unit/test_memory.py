@@ -86,3 +86,20 @@ def test_resident_bytes_counts_touched_pages():
         for page in range(8):
             m.write(page * 4096, b"x")
         assert m.resident_bytes() - before >= 8 * 4096
+
+
+def test_boot_structures_do_not_overlap():
+    """Every fixed low-memory area of layout.py, at its largest, apart from the others."""
+    areas = [
+        ("gdt", layout.BOOT_GDT, 6 * 8), ("idt", layout.BOOT_IDT, 16),
+        ("zero page", layout.ZERO_PAGE, layout.PAGE_SIZE),
+        ("page tables", layout.PML4, layout.PD_END - layout.PML4),
+        ("cmdline", layout.CMDLINE, layout.CMDLINE_MAX_SIZE),
+        ("mptable", layout.MPTABLE, layout.LOW_RAM_END - layout.MPTABLE),
+        ("vif pages", layout.VIF_START, layout.VIF_END - layout.VIF_START),
+        ("acpi", layout.ACPI_START, layout.HIMEM_START - layout.ACPI_START),
+    ]
+    areas.sort(key=lambda a: a[1])
+    for (n1, a1, s1), (n2, a2, _s2) in zip(areas, areas[1:]):
+        assert a1 + s1 <= a2, f"{n1} [{a1:#x}, +{s1:#x}) runs into {n2} at {a2:#x}"
+    assert layout.BOOT_STACK < layout.PML4

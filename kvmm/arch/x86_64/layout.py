@@ -7,12 +7,12 @@ the contract is in docs/guest-protocol.md.
 
     0x0000_0000  real-mode IVT and BIOS data area (left zero)
     0x0000_0500  GDT                                   (BOOT_GDT)
-    0x0000_0520  IDT, empty                            (BOOT_IDT)
+    0x0000_0540  IDT, empty                            (BOOT_IDT)
     0x0000_7000  zero page, struct boot_params         (ZERO_PAGE)
     0x0000_8ff0  initial stack pointer                 (BOOT_STACK)
     0x0000_1000  free for the guest (its AP trampoline) up to 0x6fff
     0x0000_9000  PML4, then PDPT, then page directories (PML4, PDPT, PD_START)
-    0x0002_0000  kernel command line                   (CMDLINE)
+    0x0004_b000  kernel command line, after the last page directory (CMDLINE)
     0x0009_fc00  EBDA: MP table                        (EBDA_START, MPTABLE)
     0x000a_0000  per-vCPU VIF pages, in the legacy hole (VIF_START)
     0x000e_0000  ACPI tables / RSDP area               (ACPI_START)
@@ -32,7 +32,7 @@ PAGE_SIZE = 4 * KiB
 LARGE_PAGE_SIZE = 2 * MiB
 
 BOOT_GDT = 0x500
-BOOT_IDT = 0x520
+BOOT_IDT = 0x540          # after the GDT (6 entries); the IDT itself is empty
 ZERO_PAGE = 0x7000
 BOOT_STACK = 0x8FF0
 PML4 = 0x9000
@@ -40,8 +40,9 @@ PDPT = 0xA000
 PD_START = 0xB000
 PD_MAX_PAGES = 64           # page directories for up to 64 GiB identity-mapped
 PD_END = PD_START + PD_MAX_PAGES * PAGE_SIZE   # 0x4b000
-CMDLINE = 0x20000
+CMDLINE = PD_END
 CMDLINE_MAX_SIZE = 64 * KiB  # Linux accepts up to COMMAND_LINE_SIZE (2 KiB by default)
+
 EBDA_START = 0x9FC00
 MPTABLE = EBDA_START
 LOW_RAM_END = 0xA0000        # end of conventional memory
