@@ -401,23 +401,10 @@ def _bucket(rate: int) -> str:
     return json.dumps({"bandwidth": {"size": rate // 10, "refill_time": 100}})
 
 
-def test_rate_limits_per_direction(netns, guests, net_ok, tmp_path):
-    """--rate-limit net:ID:tx and net:ID:rx hold each direction near its rate;
-    frames over it wait (in the ring, in the TAP) and are counted as throttled."""
-    rate, size = 200_000, 1000               # bytes/s (Ethernet), UDP payload bytes
-    frame_len = size + 42                    # + Ethernet, IPv4 and UDP headers
-    ns = netns.new()
-    tap(ns, "kt0", "10.200.8.1/24")
-    # Guest -> host, throttled by its tx limiter.
-    with in_netns(ns):
-        rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx_sock.bind(("10.200.8.1", 9000))
-    rx_sock.settimeout(0.5)
-    stats = tmp_path / "tx-stats.json"
-    g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.8.2/24 peer=10.200.8.1 port=9000 "
-               f"size={size} seconds=3", ["tap=kt0,id=lan"],
-               extra=("--rate-limit", f"net:lan:tx={_bucket(rate)}", "--stats-file",
-                      str(stats)))
+def _received_rate(g: Guest, rx_sock: socket.socket, frame_len: int) -> float:
+    """Ethernet bytes per second of the datagrams a `netbench dir=tx` guest sends
+    to `rx_sock` (from the first to the last, until its "STOP"); closes the
+    socket and checks the guest's verdict. Bounded to 15 s."""
     try:
         g.wait_for("netbench ready")
         got, first, last = 0, None, None
@@ -440,7 +427,28 @@ def test_rate_limits_per_direction(netns, guests, net_ok, tmp_path):
     finally:
         rx_sock.close()
     verdict_of(g.finish())
-    measured = got * frame_len / (last - first)
+    assert got and last > first, "no datagrams arrived"
+    return got * frame_len / (last - first)
+
+
+def test_rate_limits_per_direction(netns, guests, net_ok, tmp_path):
+    """--rate-limit net:ID:tx and net:ID:rx hold each direction near its rate;
+    frames over it wait (in the ring, in the TAP) and are counted as throttled."""
+    rate, size = 200_000, 1000               # bytes/s (Ethernet), UDP payload bytes
+    frame_len = size + 42                    # + Ethernet, IPv4 and UDP headers
+    ns = netns.new()
+    tap(ns, "kt0", "10.200.8.1/24")
+    # Guest -> host, throttled by its tx limiter.
+    with in_netns(ns):
+        rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx_sock.bind(("10.200.8.1", 9000))
+    rx_sock.settimeout(0.5)
+    stats = tmp_path / "tx-stats.json"
+    g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.8.2/24 peer=10.200.8.1 port=9000 "
+               f"size={size} seconds=3", ["tap=kt0,id=lan"],
+               extra=("--rate-limit", f"net:lan:tx={_bucket(rate)}", "--stats-file",
+                      str(stats)))
+    measured = _received_rate(g, rx_sock, frame_len)
     assert 0.7 * rate < measured < 1.3 * rate, f"{measured:.0f} B/s against a limit of {rate}"
     dev = json.loads(stats.read_text())["devices"]["virtio-net:lan"]
     assert dev["tx_throttled"] > 0 and dev["tx_dropped"] == 0, dev
@@ -561,27 +569,5 @@ def test_net_shorthand_limit(netns, guests, net_ok):
     rx_sock.settimeout(0.5)
     g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.10.2/24 peer=10.200.10.1 port=9000 "
                f"size={size} seconds=3", ["tap=ks0,id=lan,tx_bw=200K"])
-    try:
-        g.wait_for("netbench ready")
-        got, first, last = 0, None, None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                data = rx_sock.recv(2048)
-            except TimeoutError:
-                if g.proc.poll() is not None:
-                    break
-                continue
-            if data == b"STOP":
-                break
-            now = time.monotonic()
-            if first is None:
-                first = now
-            else:
-                got += 1
-                last = now
-    finally:
-        rx_sock.close()
-    verdict_of(g.finish())
-    measured = got * frame_len / (last - first)
+    measured = _received_rate(g, rx_sock, frame_len)
     assert 0.9 * rate < measured < 1.1 * rate, f"{measured:.0f} B/s against a limit of {rate}"
