@@ -107,16 +107,13 @@ def _quota_settings(args, config) -> None:
 def _limit_settings(args, config) -> None:
     import json
 
-    from kvmm.quota.limits import spec_from_json, spec_from_shorthand
+    from kvmm.quota.limits import DIRECTIONS, check_shorthand, shorthand_keys, spec_from_json
     if args.drive_group:
-        config.drive_group = _shorthand("--drive-group", args.drive_group,
-                                        ("bw", "bw_burst", "iops", "iops_burst"))
-        spec_from_shorthand(config.drive_group)
+        config.drive_group = _shorthand("--drive-group", args.drive_group, shorthand_keys())
+        check_shorthand(config.drive_group)
     if args.net_group:
-        config.net_group = _shorthand("--net-group", args.net_group, tuple(
-            f"{d}_{k}" for d in ("rx", "tx") for k in ("bw", "bw_burst", "iops", "iops_burst")))
-        for d in ("rx", "tx"):
-            spec_from_shorthand(config.net_group, f"{d}_")
+        config.net_group = _shorthand("--net-group", args.net_group, shorthand_keys(DIRECTIONS))
+        check_shorthand(config.net_group, DIRECTIONS)
     for item in args.rate_limit:
         target, eq, text = item.partition("=")
         if not eq:

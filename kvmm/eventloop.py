@@ -132,9 +132,10 @@ class EventLoop:
         if when == self._armed:
             return
         sec = int(when)
-        spec = _Itimerspec(_Timespec(0, 0),
-                           _Timespec(sec, max(1, int((when - sec) * 1e9)) if sec == 0 else
-                                     int((when - sec) * 1e9)))
+        nsec = int((when - sec) * 1e9)
+        if sec == 0 and nsec == 0:
+            nsec = 1                    # an all-zero time would disarm the timer
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, nsec))
         if _timerfd_settime(self._timerfd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
         self._armed = when

@@ -16,6 +16,8 @@ from __future__ import annotations
 from kvmm.quota.bucket import RateLimiter, TokenBucket
 
 SHORTHAND_REFILL_MS = 100
+SHORTHAND_KEYS = ("bw", "bw_burst", "iops", "iops_burst")
+DIRECTIONS = ("rx_", "tx_")       # prefixes of a NIC's per-direction shorthands
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -89,6 +91,17 @@ def spec_from_shorthand(values: dict[str, str], prefix: str = "") -> LimitSpec:
         return 0 if text is None else parse_amount(prefix + key, text)
     return LimitSpec(bucket_from_rate(get("bw"), get("bw_burst")),
                      bucket_from_rate(get("iops"), get("iops_burst")))
+
+
+def shorthand_keys(prefixes: tuple = ("",)) -> tuple:
+    """The shorthand option names, once per prefix (e.g. DIRECTIONS)."""
+    return tuple(p + k for p in prefixes for k in SHORTHAND_KEYS)
+
+
+def check_shorthand(values: dict[str, str], prefixes: tuple = ("",)) -> None:
+    """Raise LimitError if the shorthands under any prefix cannot be used."""
+    for prefix in prefixes:
+        spec_from_shorthand(values, prefix)
 
 
 def spec_from_json(obj, what: str = "rate_limiter") -> LimitSpec:

@@ -17,6 +17,7 @@ import fcntl
 import os
 import stat
 
+from kvmm.quota.limits import LimitError, check_shorthand, shorthand_keys
 from kvmm.virtio.errors import DriveError
 
 SECTOR_SIZE = 512            # virtio-blk sectors are always 512 bytes (§5.2.4)
@@ -76,7 +77,7 @@ class DriveConfig:
                 f"serial={self.serial!r})")
 
 
-LIMIT_KEYS = ("bw", "bw_burst", "iops", "iops_burst")   # kvmm.quota.limits shorthands
+LIMIT_KEYS = shorthand_keys()      # bw=, iops=, ... (kvmm.quota.limits)
 
 
 def _split_options(text: str) -> list[str]:
@@ -135,9 +136,8 @@ def parse_drive(text: str) -> DriveConfig:
                              f"virtio-blk allows at most {SERIAL_MAX}")
     limits = {k: seen[k] for k in LIMIT_KEYS if k in seen}
     if limits:
-        from kvmm.quota.limits import LimitError, spec_from_shorthand
         try:
-            spec_from_shorthand(limits)
+            check_shorthand(limits)
         except LimitError as e:
             raise DriveError(f"drive {text!r}: {e}") from None
     return DriveConfig(path=path, read_only=ro == "on", id=drive_id, serial=serial,

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 
+from kvmm.quota.limits import DIRECTIONS, LimitError, check_shorthand, shorthand_keys
 from kvmm.virtio.errors import VirtioError
 
 NET_SYNTAX = ("tap=NAME[,mac=MAC][,id=NAME][,rx_bw=B/s][,tx_bw=B/s][,rx_iops=N][,tx_iops=N]"
               "[,rx_bw_burst=B][,tx_bw_burst=B]")
-# kvmm.quota.limits shorthands, per direction
-LIMIT_KEYS = tuple(f"{d}_{k}" for d in ("rx", "tx")
-                   for k in ("bw", "bw_burst", "iops", "iops_burst"))
+LIMIT_KEYS = shorthand_keys(DIRECTIONS)    # rx_bw=, tx_iops=, ... (kvmm.quota.limits)
 MAC_EXAMPLE = "02:00:00:00:00:01"
 MAC_LEN = 6
 ID_MAX = 32
@@ -122,10 +121,8 @@ def parse_net(text: str) -> NetConfig:
     mac = seen.get("mac")
     limits = {k: seen[k] for k in LIMIT_KEYS if k in seen}
     if limits:
-        from kvmm.quota.limits import LimitError, spec_from_shorthand
         try:
-            for direction in ("rx_", "tx_"):
-                spec_from_shorthand(limits, direction)
+            check_shorthand(limits, DIRECTIONS)
         except LimitError as e:
             raise NetError(f"--net {text!r}: {e}") from None
     return NetConfig(tap, parse_mac(mac) if mac is not None else None, seen.get("id"),
