@@ -23,6 +23,7 @@ class ControlServer:
     def __init__(self, path: str, machine):
         self.path = path
         self.machine = machine
+        self._stop_requested = False
         if os.path.exists(path):
             if not _is_stale_socket(path):
                 raise OSError(f"--api-sock {path}: a running kvmm already listens there")
@@ -71,6 +72,10 @@ class ControlServer:
             buf[:] = rest
             if line.strip():
                 self._send(conn, self.handle(line))
+                if self._stop_requested:
+                    # Answered first: the monitor may exit as soon as it stops.
+                    self.machine.stop(0, "stopped through the control socket")
+                    return
 
     def _drop(self, fd: int) -> None:
         conn, _ = self._clients.pop(fd)
@@ -112,7 +117,7 @@ class ControlServer:
                 m.resume()
                 return {"ok": True}
             if cmd == "stop":
-                m.stop(0, "stopped through the control socket")
+                self._stop_requested = True
                 return {"ok": True}
         except ValueError as e:
             return {"ok": False, "error": str(e)}

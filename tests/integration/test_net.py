@@ -27,7 +27,9 @@ import time
 
 import pytest
 
-from tests.integration.conftest import REPO, Run, require
+from tests.integration.conftest import (REPO, Run, control, iops_alone_and_beside, on_cpus,
+                                        require, second_guest_iops, two_cpus,
+                                        wait_for_socket)
 
 pytestmark = pytest.mark.kvm
 
@@ -507,10 +509,10 @@ def test_tap_open_failures_exit_2_before_boot(netns, net_ok, case):
 def test_a_guest_flooding_disk_and_nic_does_not_slow_another(netns, net_ok, tmp_path):
     """Guest A, throttled (disk 10 MiB/s, NIC 1 MB/s, a tenth of a CPU), floods
     its disk and its NIC at once; guest B's unthrottled disk I/O keeps at least
-    90 % of what it gets alone. A's monitor runs outside the namespace (its
-    cgroup needs the host's /sys); its TAP is moved into the namespace before
-    the guest sends anything, so all traffic stays there."""
-    from tests.integration.conftest import kvmm
+    90 % of what it gets with A paused (each on its own host CPU, see
+    two_cpus). A's monitor runs outside the namespace
+    (its cgroup needs the host's /sys); its TAP is moved into the namespace
+    before the guest sends anything, so all traffic stays there."""
     ns = netns.new()
     name = f"kvf{os.getpid() % 100000}"
     ip("tuntap", "add", "dev", name, "mode", "tap")
@@ -518,43 +520,40 @@ def test_a_guest_flooding_disk_and_nic_does_not_slow_another(netns, net_ok, tmp_
     for p in (a, b):
         with open(p, "wb") as f:
             f.truncate(64 << 20)
-    bench = "mode=blkbench op=read pattern=rand bs=4096 qd=4 seconds=3"
-
-    def measure_b() -> int:
-        r = kvmm("run", "--kernel", net_ok, "--drive", f"path={b}", "--cmdline", bench,
-                 "--timeout", "60", check_status=0)
-        return int(r.verdict()["iops"])
-
-    alone = measure_b()
+    sock = str(tmp_path / "flood.sock")
+    b_cpu, flood_cpu = two_cpus()
     flood = subprocess.Popen(
-        [sys.executable, "-m", "kvmm", "run", "--kernel", net_ok, "--timeout", "60",
-         "--cmdline", "mode=flood peer=10.200.9.1 port=9000 size=1400 seconds=8 "
+        [sys.executable, "-m", "kvmm", "run", "--kernel", net_ok, "--timeout", "300",
+         "--cmdline", "mode=flood peer=10.200.9.1 port=9000 size=1400 seconds=300 "
          "ip=10.200.9.2/24", "--net", f"tap={name},id=lan",
-         "--drive", f"path={a},id=disk,bw=10M,iops=1000",
+         "--drive", f"path={a},id=disk,bw=10M,iops=1000", "--api-sock", sock,
          "--rate-limit", f"net:lan:tx={_bucket(1_000_000)}", "--cpu-quota", "0.1"],
         cwd=REPO, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+        stderr=subprocess.PIPE, preexec_fn=on_cpus({flood_cpu}))
+    sink = None
     try:
-        time.sleep(0.5)                          # kvmm has opened the TAP by now
+        wait_for_socket(sock, flood)             # kvmm has opened the TAP by now
         ip("link", "set", name, "netns", ns)
         ip("-n", ns, "addr", "add", "10.200.9.1/24", "dev", name)
         ip("-n", ns, "link", "set", name, "up")
         sink = udp_socket(ns, "10.200.9.1")      # datagrams to port 9000 are dropped
-        try:
-            together = measure_b()
-            out, err = flood.communicate(timeout=60)
-        finally:
-            sink.close()
+        alone, beside = iops_alone_and_beside(
+            lambda: second_guest_iops(str(b), b_cpu, "--kernel", net_ok), sock)
+        limits = control(sock, {"cmd": "stats"})["stats"]["limits"]
+        control(sock, {"cmd": "stop"})
+        out, err = flood.communicate(timeout=60)
     finally:
+        if sink is not None:
+            sink.close()
         if flood.poll() is None:
             flood.kill()
             flood.wait(10)
         subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=30)
     assert flood.returncode == 0, (out, err)
-    line = next(x for x in out.splitlines() if x.startswith("RESULT flood PASS"))
-    v = dict(w.split("=", 1) for w in line.split()[3:])
-    assert int(v["disk_ops"]) > 100 and int(v["packets"]) > 1000, line
-    assert together >= 0.9 * alone, (alone, together)
+    disk, tx = limits["drive:disk"], limits["net:lan:tx"]
+    assert disk["ops"] > 100 and disk["throttled_count"] > 0, disk
+    assert tx["ops"] > 1000 and tx["throttled_count"] > 0, tx
+    assert beside >= 0.9 * alone, (alone, beside)
 
 
 def test_net_shorthand_limit(netns, guests, net_ok):

@@ -1,5 +1,7 @@
 """GuestQuota targets, PATCH semantics, and the control socket's request handling."""
 import json
+import socket
+import types
 
 import pytest
 
@@ -85,10 +87,29 @@ def test_control_requests(tmp_path):
         assert not server.handle(b'{"cmd": "explode"}')["ok"]
         assert "no device" in server.handle(
             b'{"cmd": "patch", "target": "drive:x", "rate_limiter": {}}')["error"]
-        assert server.handle(b'{"cmd": "stop"}') == {"ok": True} and m.stopped[0] == 0
     finally:
         server.close()
     assert not (tmp_path / "s").exists()
+
+
+def test_stop_is_answered_before_the_machine_stops(tmp_path):
+    """The monitor may exit as soon as it stops: the client gets its answer first."""
+    m = FakeMachine()
+    server = ControlServer(str(tmp_path / "s"), m)
+    ours, client = socket.socketpair()
+    answered_at_stop = []
+    m.stop = lambda status, message: answered_at_stop.append(
+        (status, client.recv(100, socket.MSG_DONTWAIT | socket.MSG_PEEK)))
+    try:
+        ours.setblocking(False)
+        server.loop = types.SimpleNamespace(remove_reader=lambda fd: None)
+        server._clients[ours.fileno()] = (ours, bytearray())
+        client.sendall(b'{"cmd": "stop"}\n')
+        server._readable(ours.fileno())
+        assert answered_at_stop == [(0, b'{"ok": true}\n')]
+    finally:
+        server.close()
+        client.close()
 
 
 def test_control_socket_refuses_a_live_path(tmp_path):
