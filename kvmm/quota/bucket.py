@@ -136,11 +136,7 @@ class RateLimiter:
             if limiter.bandwidth is not None or limiter.ops is not None:
                 break
         else:               # nothing limits this request (the common case): count it
-            for limiter in chain:
-                limiter.bytes_passed += nbytes
-                limiter.ops_passed += 1
-                if limiter._throttled_since is not None:
-                    limiter._mark_flowing()
+            self.count(1, nbytes)
             return True
         if not all(limiter._own_ok(nbytes) for limiter in chain):
             for limiter in chain:
@@ -155,6 +151,23 @@ class RateLimiter:
             limiter.ops_passed += 1
             limiter._mark_flowing()
         return True
+
+    def limited(self) -> bool:
+        """Whether a bucket of this limiter or of a parent applies. When none
+        does, a device may let a batch through and count it at once."""
+        for limiter in self._chain:
+            if limiter.bandwidth is not None or limiter.ops is not None:
+                return True
+        return False
+
+    def count(self, ops: int, nbytes: int) -> None:
+        """Record `ops` requests of `nbytes` bytes in all that passed without
+        limits (here and in the parents)."""
+        for limiter in self._chain:
+            limiter.bytes_passed += nbytes
+            limiter.ops_passed += ops
+            if limiter._throttled_since is not None:
+                limiter._mark_flowing()
 
     def wait_ns(self, nbytes: int) -> int:
         """How long until try_consume(nbytes) can succeed."""

@@ -123,6 +123,14 @@ class RequestAdmission:
     def __init__(self, limiter: RateLimiter):
         self.limiter = limiter
 
+    def limits(self) -> bool:
+        """False while no bucket applies: the device may then skip admit_bytes
+        for a batch and report it with count()."""
+        return self.limiter.limited()
+
+    def count(self, ops: int, nbytes: int) -> None:
+        self.limiter.count(ops, nbytes)
+
     def admit_bytes(self, nbytes: int) -> float:
         if self.limiter.try_consume(nbytes):
             return 0.0

@@ -163,3 +163,16 @@ def test_update_patch_semantics():
     assert lim.bandwidth is bw and lim.ops.size == 5
     lim.update(bandwidth=None)
     assert lim.bandwidth is None and lim.ops is not None
+
+
+def test_limited_and_bulk_count_follow_the_parents():
+    group = RateLimiter()
+    lim = RateLimiter(parents=(group,))
+    assert not lim.limited()
+    lim.count(3, 300)
+    assert (lim.ops_passed, lim.bytes_passed, group.ops_passed, group.bytes_passed) == \
+        (3, 300, 3, 300)
+    group.update(ops=TokenBucket(10, 100))
+    assert lim.limited() and group.limited()
+    group.update(ops=None)
+    assert not lim.limited()

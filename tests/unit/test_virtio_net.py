@@ -102,6 +102,12 @@ class Limiter:
         self.refuse = refuse
         self.calls = []
 
+    def limits(self):
+        return True
+
+    def count(self, ops, nbytes):
+        raise AssertionError("a limiting limiter is asked, frame by frame")
+
     def admit_bytes(self, nbytes):
         self.calls.append(nbytes)
         return 0.05 if self.refuse else 0.0
@@ -606,6 +612,44 @@ def test_receive_rate_limit_holds_the_frame_and_the_tap(mem):
         r.pump()
         assert [f for _h, f, _u in r.rx_frames()] == [frame(100, seed=1), frame(200, seed=2)]
         assert limiter.calls[-2:] == [100, 200]
+    finally:
+        r.close()
+
+
+def test_counting_only_limiters_see_every_frame_and_a_patch_takes_effect(mem):
+    """With no bucket (the default: limiters only count), frames pass in
+    batches and are counted in bulk, in both directions; a bucket added at run
+    time throttles the next pass."""
+    from kvmm.quota.bucket import TokenBucket
+    from kvmm.quota.guest import GuestQuota
+    from kvmm.quota.limits import LimitSpec
+    quota = GuestQuota()
+    rx = quota.nic("n0", "rx", LimitSpec())
+    tx = quota.nic("n0", "tx", LimitSpec())
+    r = Rig(mem, rx_limiter=rx, tx_limiter=tx)
+    try:
+        for n in (60, 100, 1400):
+            r.queue_tx(frame(n))
+        r.mmio.notify(1)
+        assert [len(w) - NET_HDR_LEN for w in r.wire_frames()] == [60, 100, 1400]
+        r.post_rx(4)
+        r.mmio.notify(0)
+        r.wire_send(frame(80))
+        r.wire_send(frame(90))
+        r.pump()
+        assert len(r.rx_frames()) == 2
+        stats = quota.stats()
+        assert (stats["net:n0:tx"]["ops"], stats["net:n0:tx"]["bytes"]) == (3, 1560)
+        assert (stats["net:n0:rx"]["ops"], stats["net:n0:rx"]["bytes"]) == (2, 170)
+        assert (stats["nets:tx"]["ops"], stats["nets:rx"]["ops"]) == (3, 2)
+        # One 100-byte frame's worth of tokens, refilled over a long time.
+        tx.limiter.update(bandwidth=TokenBucket(100, 60_000))
+        r.queue_tx(frame(100))
+        r.queue_tx(frame(100))
+        r.mmio.notify(1)
+        assert [len(w) - NET_HDR_LEN for w in r.wire_frames()] == [100]
+        assert r.net.stats()["tx_throttled"] == 1
+        assert quota.stats()["net:n0:tx"]["ops"] == 4
     finally:
         r.close()
 

@@ -553,6 +553,94 @@ def test_hostile_rings_match_reference(mem, ring):
     assert got == expected
 
 
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_ring(), st.integers(1, 40), st.booleans())
+def test_pop_plain_then_pop_match_reference(mem, ring, limit, writable):
+    """A device taking batches of one-buffer chains with pop_plain, and every
+    other chain with pop, gets exactly what the reference walker accepts, in
+    order, and the same failure."""
+    size, descs, indirect, avail_idx, heads, indirect_ok = ring
+    q, vq = make_queue(mem, size=size, features=INDIRECT if indirect_ok else 0)
+    for i, d in enumerate(descs):
+        vq.write_desc(i, *d)
+    for i, d in enumerate(indirect):
+        mem.write(INDIRECT_AREA + 16 * i, DESC.pack(*d))
+    for slot, head in enumerate(heads):
+        vq.set_avail_entry(slot, head)
+    vq.set_avail_idx(avail_idx)
+
+    expected = reference_pop_all(mem, size, vq, indirect_ok)
+    got = []
+    try:
+        while True:
+            batch = q.pop_plain(limit, writable)
+            assert len(batch) <= limit
+            for _head, addr, view in batch:
+                assert bytes(view) == mem.read(addr, len(view))    # the buffer itself
+                got.append([(addr, len(view), writable)])
+            if batch:
+                continue
+            chain = q.pop()
+            if chain is None:
+                break
+            got.append(chain.buffers)
+    except QueueError:
+        got.append(None)
+    assert got == expected
+
+
+def test_pop_plain_stops_before_other_shapes(mem):
+    q, vq = make_queue(mem)
+    a = vq.add_chain([(DATA, 64, False)])
+    b = vq.add_chain([(DATA + 0x100, 64, False)])
+    c = vq.add_chain([(DATA + 0x200, 16, False), (DATA + 0x300, 16, False)])
+    d = vq.add_chain([(DATA + 0x400, 64, True)])
+    assert [(h, addr, len(v)) for h, addr, v in q.pop_plain(8, False)] == \
+        [(a, DATA, 64), (b, DATA + 0x100, 64)]
+    assert q.pop_plain(8, False) == []             # c has two descriptors: pop() takes it
+    assert q.pop().head == c
+    assert q.pop_plain(8, False) == []             # d is device-writable
+    assert [h for h, _a, _v in q.pop_plain(8, True)] == [d]
+    assert q.pop_plain(8, True) == [] and q.pop() is None
+
+
+@pytest.mark.parametrize("addr, length", [(LOW_END - 16, 32), (LOW_END, 16), (HIGH_END - 8, 9),
+                                          ((1 << 64) - 16, 32)])
+def test_pop_plain_leaves_a_buffer_outside_ram_to_pop(mem, addr, length):
+    q, vq = make_queue(mem)
+    good = vq.add_chain([(DATA, 64, True)])
+    vq.add_chain([(addr, length, True)])
+    assert [h for h, _a, _v in q.pop_plain(8, True)] == [good]
+    assert q.pop_plain(8, True) == []
+    with pytest.raises(QueueError, match="not inside one region"):
+        q.pop()
+
+
+def test_pop_plain_limit_and_undo(mem):
+    q, vq = make_queue(mem)
+    heads = [vq.add_chain([(DATA + 0x100 * k, 32, True)]) for k in range(5)]
+    first = q.pop_plain(3, True)
+    assert [h for h, _a, _v in first] == heads[:3]
+    q.undo_pop(2)
+    assert [h for h, _a, _v in q.pop_plain(8, True)] == heads[1:]
+
+
+def test_add_used_many_publishes_once(mem):
+    q, vq = make_queue(mem)
+    heads = [vq.add_chain([(DATA + 0x100 * k, 32, True)]) for k in range(3)]
+    for _ in heads:
+        q.pop()
+    q.add_used_many([(heads[2], 7), (heads[0], 0), (heads[1], 32)])
+    assert vq.used_idx() == 3
+    assert vq.get_used() == [(heads[2], 7), (heads[0], 0), (heads[1], 32)]
+    q.add_used_many([])
+    assert vq.used_idx() == 3
+    with pytest.raises(ValueError):
+        q.add_used_many([(8, 0)])
+    with pytest.raises(ValueError):
+        q.add_used_many([(0, 1 << 32)])
+
+
 @st.composite
 def good_chains(draw):
     size = draw(st.sampled_from([4, 8, 16, 32]))

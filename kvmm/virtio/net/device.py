@@ -14,9 +14,9 @@ between. At most `tx_budget` frames per wake-up; then the queue is processed
 again from the event loop (`retry_later(0)`), after anything else that is
 ready, so a guest flooding its transmit queue cannot starve other devices or
 the console (the EventLoop runs timers due after its ready descriptors, so at
-most two budgets pass between two polls). The used-buffer interrupt of such a
-flood waits until the queue is empty: the driver then reclaims and refills
-the whole ring at once.
+most two budgets pass between two polls). Used buffers are published, and
+the driver interrupted if it asked to be (EVENT_IDX's used_event), after each
+budget: a driver waiting for room refills the ring while the device goes on.
 
 Receive: os.readv from the TAP straight into the guest's posted buffers
 (memoryviews of guest RAM), plus one device-owned overflow buffer at the end
@@ -33,7 +33,9 @@ next receive-queue notification resumes reading. Nothing is dropped silently.
 Rate limiting: a hook like virtio-blk's, one limiter per direction,
 `limiter.admit_bytes(nbytes) -> seconds` (kvmm.quota.limits.RequestAdmission,
 made by kvmm.quota.guest.GuestQuota.nic; a frame costs one op and its Ethernet
-length, virtio header excluded). A refused transmit frame stays
+length, virtio header excluded). While `limiter.limits()` is false (no
+bucket applies, only counting), a pass admits its frames without asking and
+reports them with `limiter.count(frames, nbytes)`. A refused transmit frame stays
 in the available ring; a refused received frame stays, unpublished, in the
 buffers it was read into while the rest wait in the TAP; the queue is
 processed again once the limiter allows (VirtioDevice.retry_later).
@@ -55,7 +57,7 @@ from kvmm.virtio.device import (
     VirtioDevice, VirtioInterrupt, bit,
 )
 from kvmm.virtio.net.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
-from kvmm.virtio.queue import Queue
+from kvmm.virtio.queue import DescriptorChain, Queue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -213,7 +215,8 @@ class Net(VirtioDevice):
         self._tap_ready = False        # the TAP said readable and no read found it empty since
         self._rx_kicked = False        # a wake-up from the TAP waits for process_queue(0)
         self._rx_handler = None        # runs process_queue(0) through the transport
-        self._held: list[tuple] = []   # RX chains taken, not filled yet (see _take_chain)
+        self._held: list[tuple] = []   # RX chains taken, not filled yet (see _take_chains)
+        self._used_out: list[tuple[int, int]] = []   # RX used entries to publish
         self._held_cap = 0
         self._pending = 0              # bytes of a received frame the limiter held back
         self._retry_at = [0.0, 0.0]
@@ -286,6 +289,7 @@ class Net(VirtioDevice):
         self._pending = 0
         self._held = []
         self._held_cap = 0
+        self._used_out = []
         self._rxq = self._txq = None
         self._mem = None
         self._interrupt = None
@@ -368,6 +372,8 @@ class Net(VirtioDevice):
         q = self._rxq
         if q is None:
             return
+        rx_frames = rx_bytes = 0
+        free_frames = free_bytes = 0               # admitted without asking the limiter
         try:
             if self._pending:
                 # A frame read earlier that the limiter held back goes first.
@@ -380,8 +386,11 @@ class Net(VirtioDevice):
             frames = 0
             held = self._held
             need = self._rx_need if self._mrg else 1
-            limited = self.rx_limiter is not None
+            limiter = self.rx_limiter
+            limited = limiter is not None and limiter.limits()
             read, publish = self._read_frame, self._publish
+            csum = self._guest_csum
+            used_out = self._used_out
             while frames < budget:
                 if self._held_cap < need and not self._have_room(q):
                     if q.enable_notification():
@@ -400,11 +409,40 @@ class Net(VirtioDevice):
                 frames += 1
                 if n == 0:
                     continue                  # dropped and counted
-                if limited and not self._rx_admitted(n):
-                    self._pending = n
-                    return
+                if limited:
+                    if not self._rx_admitted(n):
+                        self._pending = n
+                        return
+                else:
+                    free_frames += 1
+                    free_bytes += n - NET_HDR_LEN
+                entry = held[0]
+                if n <= entry[2]:
+                    # The usual frame: one chain. Its first buffer holds the
+                    # header (_take_chains checked), where the kernel skipped
+                    # num_buffers: set it to 1 (le16), and zero the flags
+                    # without GUEST_CSUM (§5.1.6.4, §5.1.6.4.1).
+                    v = entry[1][0]
+                    if len(v) >= NET_HDR_LEN:
+                        v[NUM_BUFFERS_OFFSET] = 1
+                        v[NUM_BUFFERS_OFFSET + 1] = 0
+                        if not csum:
+                            v[HDR_FLAGS_OFFSET] = 0
+                        used_out.append((entry[0], n))
+                        del held[0]
+                        self._held_cap -= entry[2]
+                        rx_frames += 1
+                        rx_bytes += n - NET_HDR_LEN
+                        continue
                 publish(n)
         finally:
+            self.rx_frames += rx_frames
+            self.rx_bytes += rx_bytes
+            if free_frames and self.rx_limiter is not None:
+                self.rx_limiter.count(free_frames, free_bytes)
+            if self._used_out:
+                q.add_used_many(self._used_out)    # one index update per pass
+                self._used_out = []
             if q.needs_notification():
                 self._interrupt.signal_used()
 
@@ -414,20 +452,38 @@ class Net(VirtioDevice):
         if self._mrg:
             need = self._rx_need
             while self._held_cap < need:
-                if not self._take_chain(q):
+                if not self._take_chains(q):
                     # All the ring's descriptors are ours and still too small:
                     # use them (a larger frame is dropped and counted).
                     return self._held_cap > 0 and len(self._held) >= q.size
             return True
         while not self._held:
-            if not self._take_chain(q):
+            if not self._take_chains(q):
                 return False
         return True
 
-    def _take_chain(self, q: Queue) -> bool:
-        """Pop one receive chain into `_held`; False when the ring is empty. A
-        chain the device cannot write a header into goes back used, length 0."""
+    def _take_chains(self, q: Queue) -> bool:
+        """Move receive chains from the ring into `_held`: every available
+        one-buffer chain up to the first of another shape, or else that one
+        chain; False when the ring is empty. A chain the device cannot write a
+        header into goes back used, length 0."""
         while True:
+            batch = q.pop_plain(q.size, True)
+            if batch:
+                held, overflow = self._held, self._overflow
+                cap = 0
+                for head, _addr, view in batch:
+                    n = len(view)
+                    if n < NET_HDR_LEN:
+                        self._bad_chain(q, head, f"a {n}-byte receive chain (the header "
+                                        f"alone needs {NET_HDR_LEN})")
+                        continue
+                    held.append((head, [view], n, [view, overflow]))
+                    cap += n
+                if cap:
+                    self._held_cap += cap
+                    return True
+                continue
             chain = q.pop()
             if chain is None:
                 return False
@@ -460,13 +516,17 @@ class Net(VirtioDevice):
     def _read_frame(self, held: list) -> int:
         """Read one frame into the held chains: its length with the header, 0 if
         it was dropped (too large for them, or a runt), -1 if there was none."""
-        if len(held) == 1 or not self._mrg:
-            _head, _views, capacity, iov = held[0]
-        else:
+        _head, _views, capacity, iov = held[0]
+        if capacity < self._rx_need and self._mrg and len(held) > 1:
+            # Merge chains until the largest frame fits (or IOV_MAX is reached).
+            need = self._rx_need
             iov = []
-            for _head, views, _cap, _iov in held:
+            capacity = 0
+            for _head, views, cap, _iov in held:
                 iov += views
-            capacity = self._held_cap
+                capacity += cap
+                if capacity >= need:
+                    break
             if len(iov) >= IOV_MAX:
                 del iov[IOV_MAX - 1:]
                 capacity = sum(len(v) for v in iov)
@@ -511,8 +571,8 @@ class Net(VirtioDevice):
 
     def _publish(self, n: int) -> None:
         """Hand the frame of `n` bytes (header included) in the held chains to
-        the guest: fix up the header, then one used element per chain."""
-        q = self._rxq
+        the guest: fix up the header, then one used element per chain (published
+        at the end of the pass, see _process_rx)."""
         held = self._held
         head, first, cap, _iov = held[0]
         if n <= cap or not self._mrg:
@@ -539,8 +599,7 @@ class Net(VirtioDevice):
             _put(first, NUM_BUFFERS_OFFSET, _U16.pack(count))
             if not self._guest_csum:
                 _put(first, HDR_FLAGS_OFFSET, b"\0")
-        for head, length in used:
-            q.add_used(head, length)
+        self._used_out += used
         if count == 1:
             self._held_cap -= held.pop(0)[2]
         else:
@@ -556,35 +615,82 @@ class Net(VirtioDevice):
             return
         budget = self.tx_budget
         frames = 0
-        send = self._send
-        pop = q.pop
-        add_used = q.add_used
-        yielded = False
+        pop_plain = q.pop_plain
         try:
             while True:
                 q.disable_notification()
                 while True:
                     if frames >= budget:
-                        # Let the loop serve everything else, then go on. The
-                        # interrupt waits for the end of the queue: the driver
-                        # then reclaims (and refills) the whole ring at once.
+                        # Let the loop serve everything else, then go on. A
+                        # driver that asked for an interrupt by now (used_event)
+                        # gets it below and refills while the rest is sent.
                         self.tx_yields += 1
                         self._schedule(TX_QUEUE, 0.0)
-                        yielded = True
                         return
-                    chain = pop()
+                    batch = pop_plain(budget - frames, False)
+                    if batch:
+                        frames += len(batch)
+                        sent = self._send_plain(q, batch)
+                        if sent < len(batch):
+                            q.undo_pop(len(batch) - sent)   # they wait in the ring
+                            return
+                        continue
+                    chain = q.pop()                # any other shape, checked whole
                     if chain is None:
                         break
                     frames += 1
-                    if not send(chain):
-                        q.undo_pop()          # the frame waits in the ring
+                    if not self._send(chain):
+                        q.undo_pop()
                         return
-                    add_used(chain.head, 0)
+                    q.add_used(chain.head, 0)
                 if not q.enable_notification():
                     break
         finally:
-            if not yielded and q.needs_notification():
+            if q.needs_notification():
                 self._interrupt.signal_used()
+
+    def _send_plain(self, q: Queue, batch: list) -> int:
+        """Send (or drop, counting them) the one-buffer chains of Queue.pop_plain
+        in order, until one must wait; publish the sent ones as used. Returns
+        how many were taken."""
+        done = []
+        lo, hi = MIN_TX_CHAIN, self._tx_max + NET_HDR_LEN
+        limiter = self.tx_limiter
+        limited = limiter is not None and limiter.limits()
+        fd = self.tap.fd
+        writev = os.writev
+        frames = nbytes = 0
+        try:
+            for head, addr, view in batch:
+                total = len(view)
+                if lo <= total <= hi and view[:NET_HDR_LEN] == PLAIN_HDR:
+                    # The usual frame: no offload requested. The header that
+                    # goes to the TAP is our own copy of the one checked.
+                    iov = (PLAIN_HDR, view[NET_HDR_LEN:])
+                    flen = total - NET_HDR_LEN
+                    if limited:
+                        if not self._transmit(iov, flen):
+                            break
+                    else:
+                        try:
+                            writev(fd, iov)
+                            frames += 1
+                            nbytes += flen
+                        except OSError as e:
+                            if not self._write_failed(e, flen):
+                                break
+                    done.append((head, 0))
+                    continue
+                if not self._send_checked(DescriptorChain(head, [(addr, total, False)], total)):
+                    break
+                done.append((head, 0))
+        finally:
+            self.tx_frames += frames
+            self.tx_bytes += nbytes
+            if frames and limiter is not None:
+                limiter.count(frames, nbytes)
+            q.add_used_many(done)
+        return len(done)
 
     def _send(self, chain) -> bool:
         """Send (or drop, counting it) one transmit chain; False to try it again later."""
@@ -653,24 +759,29 @@ class Net(VirtioDevice):
         """Rate-limit, then write one checked frame (header copy first) to the TAP."""
         limiter = self.tx_limiter
         if limiter is not None:
-            wait = limiter.admit_bytes(flen)
+            wait = limiter.admit_bytes(flen)     # counts it when nothing limits
             if wait > 0:
                 self.tx_throttled += 1
                 self._schedule(TX_QUEUE, wait)
                 return False
         try:
             os.writev(self.tap.fd, iov)
-        except (BlockingIOError, InterruptedError):
-            self._schedule(TX_QUEUE, TAP_RETRY_DELAY)
-            return False
         except OSError as e:
-            # EIO: the TAP is down; EINVAL: the kernel refused the header.
-            self.tx_errors += 1
-            return self._drop_tx(f"TAP {self.tap.name} refused a {flen}-byte frame "
-                                 f"({e.strerror or e})")
+            return self._write_failed(e, flen)
         self.tx_frames += 1
         self.tx_bytes += flen
         return True
+
+    def _write_failed(self, e: OSError, flen: int) -> bool:
+        """A TAP write of a `flen`-byte frame failed: False to try it again later
+        (the TAP is full), True when it was dropped and counted."""
+        if isinstance(e, (BlockingIOError, InterruptedError)):
+            self._schedule(TX_QUEUE, TAP_RETRY_DELAY)
+            return False
+        # EIO: the TAP is down; EINVAL: the kernel refused the header.
+        self.tx_errors += 1
+        return self._drop_tx(f"TAP {self.tap.name} refused a {flen}-byte frame "
+                             f"({e.strerror or e})")
 
     def _drop_tx(self, why: str, bad: bool = False) -> bool:
         self.tx_dropped += 1
