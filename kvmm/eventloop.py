@@ -154,10 +154,15 @@ class EventLoop:
         while self._running:
             while self._timers and self._timers[0][2].cancelled:
                 heapq.heappop(self._timers)
+            timeout = -1
             if self._timers:
-                self._arm(self._timers[0][0])
+                when = self._timers[0][0]
+                if when <= time.monotonic():
+                    timeout = 0             # due already (a retry "at once"): just look
+                else:
+                    self._arm(when)
             try:
-                events = self._epoll.poll(-1)
+                events = self._epoll.poll(timeout)
             except InterruptedError:
                 continue
             for fd, _mask in events:
