@@ -313,8 +313,8 @@ def test_two_guests_on_one_bridge(netns, guests, net_ok):
     a = guests(ns, net_ok, f"mode=netbench dir=tx ip=10.200.3.2/24 peer=10.200.3.3 "
                f"port={ECHO_PORT} size=64 seconds=3", ["tap=kta"])
     a.wait_for("netbench ready")          # A resolved B with ARP through the bridge
-    # A answers while it floods; at A's rate the host kernel's backlog
-    # overflows now and then and drops some of A's frames, replies included.
+    # A answers while it floods; B echoes that flood back into A's TAP, whose
+    # queue (txqueuelen) is full now and then: the kernel drops a request there.
     replies, out = ping(ns, "10.200.3.2", 5)
     assert replies >= 1, out
     va = verdict_of(a.finish())
