@@ -155,6 +155,7 @@ def request(path: str, payload: dict, timeout: float = 5.0) -> dict:
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)
             if not chunk:
-                break
+                raise ConnectionError("the monitor closed the connection without answering "
+                                      "(it may have stopped)")
             buf += chunk
     return json.loads(buf)

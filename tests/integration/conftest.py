@@ -1,7 +1,5 @@
 """Integration tests boot real guests on /dev/kvm (fixtures in tests/conftest.py)."""
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -58,19 +56,12 @@ def run_kvmm(guest_kernel):
 
 
 
-def control(sock: str, request: dict, timeout: float = 20) -> dict:
-    """One request on a running monitor's control socket (--api-sock)."""
-    with socket.socket(socket.AF_UNIX) as c:
-        c.settimeout(timeout)
-        c.connect(sock)
-        c.sendall(json.dumps(request).encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = c.recv(65536)
-            assert chunk, f"{sock} closed before answering {request}"
-            answer += chunk
-    reply = json.loads(answer)
-    assert reply["ok"], (request, reply)
+def control(sock: str, payload: dict, timeout: float = 20) -> dict:
+    """One request on a running monitor's control socket (--api-sock) that
+    must succeed."""
+    from kvmm.api.control import request
+    reply = request(sock, payload, timeout)
+    assert reply["ok"], (payload, reply)
     return reply
 
 

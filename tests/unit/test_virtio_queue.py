@@ -525,12 +525,10 @@ def hostile_ring(draw):
     return size, descs, indirect, avail_idx, heads, indirect_ok
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile_ring())
-def test_hostile_rings_match_reference(mem, ring):
+def load_hostile_ring(mem, ring):
+    """A queue over the drawn ring, and what the reference walker takes from it."""
     size, descs, indirect, avail_idx, heads, indirect_ok = ring
-    features = INDIRECT if indirect_ok else 0
-    q, vq = make_queue(mem, size=size, features=features)
+    q, vq = make_queue(mem, size=size, features=INDIRECT if indirect_ok else 0)
     for i, d in enumerate(descs):
         vq.write_desc(i, *d)
     for i, d in enumerate(indirect):
@@ -538,8 +536,13 @@ def test_hostile_rings_match_reference(mem, ring):
     for slot, head in enumerate(heads):
         vq.set_avail_entry(slot, head)
     vq.set_avail_idx(avail_idx)
+    return q, reference_pop_all(mem, size, vq, indirect_ok)
 
-    expected = reference_pop_all(mem, size, vq, indirect_ok)
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_ring())
+def test_hostile_rings_match_reference(mem, ring):
+    q, expected = load_hostile_ring(mem, ring)
     got = []
     try:
         while (chain := q.pop()) is not None:
@@ -559,17 +562,7 @@ def test_pop_plain_then_pop_match_reference(mem, ring, limit, writable):
     """A device taking batches of one-buffer chains with pop_plain, and every
     other chain with pop, gets exactly what the reference walker accepts, in
     order, and the same failure."""
-    size, descs, indirect, avail_idx, heads, indirect_ok = ring
-    q, vq = make_queue(mem, size=size, features=INDIRECT if indirect_ok else 0)
-    for i, d in enumerate(descs):
-        vq.write_desc(i, *d)
-    for i, d in enumerate(indirect):
-        mem.write(INDIRECT_AREA + 16 * i, DESC.pack(*d))
-    for slot, head in enumerate(heads):
-        vq.set_avail_entry(slot, head)
-    vq.set_avail_idx(avail_idx)
-
-    expected = reference_pop_all(mem, size, vq, indirect_ok)
+    q, expected = load_hostile_ring(mem, ring)
     got = []
     try:
         while True:
