@@ -71,8 +71,8 @@ TAP_ADDR = "10.0.2.1/24"            # L1's end
 GUEST_ADDR = "10.0.2.2/24"          # the guest's end (eth0 in L2)
 GUEST_MAC = "02:00:0a:00:02:02"     # locally administered
 PING_COUNT = 3
-DEFAULT_TIMEOUT = 540               # the whole lane, seconds
-L2_TIMEOUT = 240                    # kvmm boot-test inside L1 (a boot takes 9-20 s there)
+DEFAULT_TIMEOUT = 360               # one L1 run of the lane, seconds (it takes 45-115 s)
+L2_TIMEOUT = 120                    # kvmm boot-test inside L1 (a boot takes 9-20 s there)
 # The project's guest kernel in L1 (ci/lane/guest_modes.py): these modes, and the
 # network ones when L2 has a NIC. Each kvmm run is bounded by MODE_TIMEOUT.
 GUEST_MODES = ("hello", "smp", "timer", "mem", "exception", "reset", "blktest")
@@ -87,6 +87,10 @@ L1_STALL_PATTERNS = ("rcu: INFO: rcu_preempt detected stalls",
                      "rcu: INFO: rcu_sched detected stalls",
                      "watchdog: BUG: soft lockup", "NMI watchdog: Watchdog detected hard LOCKUP")
 STALL_GRACE = 10.0                  # seconds of console after the stall report
+# A stuck L1 may not even get its stall report out: a console silent for longer
+# than any step inside L1 may be (kvmm's own timeouts print when they fire)
+# counts as a stall too.
+SILENCE_LIMIT = 150.0
 STALL_RETRIES = 1
 LOCK_WAIT = 900                     # seconds to wait for another run of the same kind
 
@@ -488,8 +492,9 @@ def l1_stall(line: str) -> bool:
 def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int,
              echo=None, extra_append: str = "", tcg_thread: str = "multi") -> tuple:
     """Boot L1 and collect its console lines until QEMU exits, `timeout`
-    seconds pass, or L1's kernel reports a stalled CPU (then STALL_GRACE
-    seconds more, for its report); QEMU is killed in the last two cases. The
+    seconds pass, L1's kernel reports a stalled CPU (then STALL_GRACE seconds
+    more, for its report), or its console stays silent for SILENCE_LIMIT
+    seconds; QEMU is killed in the last three cases. The
     console is streamed to `echo` (a binary stream; default stdout) as it comes
     and kept in `logpath`. Returns (status, lines, seconds, stopped): stopped is
     None, "timeout" or "stall: <L1's line>"."""
@@ -507,6 +512,7 @@ def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int,
     partial = b""
     stopped = None
     deadline = start + timeout
+    last_output = start
     with open(logpath, "wb") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
@@ -518,10 +524,15 @@ def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int,
                     break
                 ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
                 if not ready:
+                    silent = time.monotonic() - last_output
+                    if stopped is None and silent > SILENCE_LIMIT:
+                        stopped = f"stall: L1's console silent for {silent:.0f} s"
+                        break
                     continue
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
+                last_output = time.monotonic()
                 logf.write(chunk)
                 out.write(chunk)
                 out.flush()

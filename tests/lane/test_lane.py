@@ -1,7 +1,7 @@
 """The whole hardware-KVM lane (ci/lane/run: QEMU TCG -> Debian kernel with
 kvm_amd -> kvmm -> stock Debian cloud kernel, plus the project's guest kernel
 modes in hardware-KVM form). About 75 s on two cores once the Debian packages
-are cached (ci/setup fetches them); the lane bounds itself at 540 s and prints
+are cached (ci/setup fetches them); the lane bounds each L1 run at 360 s and prints
 the console tail on a hang."""
 import os
 import subprocess

@@ -196,3 +196,29 @@ def test_l1_stall_is_l1s_kernel_only():
     runs = [lane.L2Run("bzImage", "k", disk=False, net=False)]
     argv = shlex.split(lane.lane_command("py", runs, "i", l2_timeout=300).split("; ")[0])
     assert "printk.time=0" in argv[argv.index("--cmdline") + 1].split()
+
+
+def fake_qemu(tmp_path, monkeypatch, script: str) -> None:
+    """A `qemu-system-x86_64` first on PATH that runs `script` (sh)."""
+    path = tmp_path / "qemu-system-x86_64"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+
+
+def test_a_silent_l1_counts_as_a_stall(tmp_path, monkeypatch, capsysbinary):
+    fake_qemu(tmp_path, monkeypatch, "echo 'LANE-L2 init: some' ; sleep 60\n")
+    monkeypatch.setattr(lane, "SILENCE_LIMIT", 1.0)
+    status, lines, seconds, stopped = lane.run_qemu("vmlinuz", "initrd", 30,
+                                                    str(tmp_path / "log"), 2)
+    assert stopped is not None and stopped.startswith("stall: L1's console silent"), stopped
+    assert lines == ["LANE-L2 init: some"] and seconds < 10
+    assert status != 0                                   # killed
+
+
+def test_a_talking_l1_is_not_stopped(tmp_path, monkeypatch, capsysbinary):
+    fake_qemu(tmp_path, monkeypatch, "for i in 1 2 3 4; do echo tick $i; sleep 0.5; done\n")
+    monkeypatch.setattr(lane, "SILENCE_LIMIT", 1.0)
+    status, lines, _seconds, stopped = lane.run_qemu("vmlinuz", "initrd", 30,
+                                                     str(tmp_path / "log"), 2)
+    assert (status, stopped) == (0, None) and lines[-1] == "tick 4"
