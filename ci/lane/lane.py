@@ -513,7 +513,7 @@ def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int,
     stopped = None
     deadline = start + timeout
     last_output = start
-    with open(logpath, "wb") as logf:
+    with open(logpath, "wb", buffering=0) as logf:     # unbuffered: watchable live
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         try:
