@@ -18,6 +18,8 @@ def test_lane(kvm_available):
     tail = "\n".join(r.stdout.splitlines()[-60:])
     assert r.returncode == 0, tail
     assert "lane: PASS" in r.stdout, tail
+    # After an L1 stall the lane runs again: the verdict is the last run's.
+    last = r.stdout.rsplit("lane: running the lane again", 1)[-1]
     # networking and the guest-kernel modes are part of the default run
-    assert r.stdout.count("LANE-L2 CHECK ping PASS") == 2, tail
-    assert "LANE-GK RESULT PASS" in r.stdout, tail
+    assert last.count("LANE-L2 CHECK ping PASS") == 2, tail
+    assert "LANE-GK RESULT PASS" in last, tail
