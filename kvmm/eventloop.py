@@ -67,6 +67,7 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._pending: list[Callable[[], None]] = []
+        self._soon: list[Callable[[], None]] = []     # call_soon, from the loop thread
         self._lock = threading.Lock()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._epoll.register(self._wake, select.EPOLLIN)
@@ -102,6 +103,15 @@ class EventLoop:
         if threading.current_thread() is not self._thread:
             self._wakeup()
         return timer
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the loop once the descriptors ready now have been
+        served (a device yielding after its budget); no timer involved. From
+        another thread this wakes the loop, like call_soon_threadsafe."""
+        if threading.current_thread() is self._thread:
+            self._soon.append(callback)
+        else:
+            self.call_soon_threadsafe(callback)
 
     def _wakeup(self) -> None:
         try:
@@ -154,15 +164,10 @@ class EventLoop:
         while self._running:
             while self._timers and self._timers[0][2].cancelled:
                 heapq.heappop(self._timers)
-            timeout = -1
             if self._timers:
-                when = self._timers[0][0]
-                if when <= time.monotonic():
-                    timeout = 0             # due already (a retry "at once"): just look
-                else:
-                    self._arm(when)
+                self._arm(self._timers[0][0])
             try:
-                events = self._epoll.poll(timeout)
+                events = self._epoll.poll(0 if self._soon else -1)
             except InterruptedError:
                 continue
             for fd, _mask in events:
@@ -176,6 +181,10 @@ class EventLoop:
                     continue
                 callback = self._readers.get(fd)
                 if callback is not None:
+                    self._run_callback(callback)
+            if self._soon:
+                soon, self._soon = self._soon, []
+                for callback in soon:
                     self._run_callback(callback)
             if self._pending:
                 with self._lock:

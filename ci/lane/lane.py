@@ -91,7 +91,7 @@ STALL_GRACE = 10.0                  # seconds of console after the stall report
 # than any step inside L1 may be (kvmm's own timeouts print when they fire)
 # counts as a stall too.
 SILENCE_LIMIT = 150.0
-STALL_RETRIES = 1
+STALL_RETRIES = 2
 LOCK_WAIT = 900                     # seconds to wait for another run of the same kind
 
 

@@ -458,7 +458,11 @@ class MmioTransport:
     def _retry_later(self, delay: float, index: int) -> None:
         loop = self._loop
         if loop is not None:
-            loop.call_later(delay, functools.partial(self.process, index))
+            callback = functools.partial(self.process, index)
+            if delay <= 0:
+                loop.call_soon(callback)
+            else:
+                loop.call_later(delay, callback)
         else:
             self._timers.append((delay, index))
 

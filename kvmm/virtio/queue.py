@@ -287,8 +287,10 @@ class Queue:
         want = VIRTQ_DESC_F_WRITE if writable else 0
         ring, mask, size, table = self._avail_ring, self._mask, self.size, self._desc
         regions = self._region_views
+        start0, stop0, view0 = regions[0]          # most guests have one region: tried first
         unpack = _DESC.unpack_from
         out = []
+        append = out.append
         for _ in range(count):
             head = ring[nxt & mask]
             if head >= size:
@@ -297,12 +299,15 @@ class Queue:
             if flags != want:
                 break                                  # a longer chain, or the other direction
             end = addr + length
-            for start, stop, view in regions:
-                if start <= addr < stop and end <= stop:
-                    out.append((head, addr, view[addr - start:end - start]))
-                    break
+            if start0 <= addr < stop0 and end <= stop0:
+                append((head, addr, view0[addr - start0:end - start0]))
             else:
-                break                                  # pop() fails, naming the buffer
+                for start, stop, view in regions:
+                    if start <= addr < stop and end <= stop:
+                        append((head, addr, view[addr - start:end - start]))
+                        break
+                else:
+                    break                              # pop() fails, naming the buffer
             nxt = (nxt + 1) & 0xFFFF
         self.next_avail = nxt
         return out
