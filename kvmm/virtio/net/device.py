@@ -11,10 +11,11 @@ frame's size); the header is copied out of guest memory, checked against the
 negotiated offloads and handed to os.writev with memoryviews of the rest of
 the chain: the frame goes from guest RAM to the kernel without a copy in
 between. At most `tx_budget` frames per wake-up; then the queue is processed
-again from the event loop (`retry_later(0)`), after anything else that is
-ready, so a guest flooding its transmit queue cannot starve other devices or
-the console (the EventLoop runs timers due after its ready descriptors, so at
-most two budgets pass between two polls). Used buffers are published, and
+again from the event loop (`retry_later(0)`: EventLoop.call_soon), after
+anything else that is ready, so a guest flooding its transmit queue cannot
+starve other devices or the console (the EventLoop serves its ready
+descriptors before those call-backs, so at most two budgets pass between two
+polls). Used buffers are published, and
 the driver interrupted if it asked to be (EVENT_IDX's used_event), after each
 budget: a driver waiting for room refills the ring while the device goes on.
 
@@ -338,7 +339,7 @@ class Net(VirtioDevice):
         """`handler()` makes the transport run process_queue(RX_QUEUE) now, under
         its lock (the builder passes functools.partial(transport.process,
         RX_QUEUE)). Without one, a readable TAP asks for it through the retry
-        hook, a timer due at once: the same, a few microseconds later."""
+        hook (EventLoop.call_soon): the same, a few microseconds later."""
         self._rx_handler = handler
 
     def _on_tap_readable(self) -> None:
