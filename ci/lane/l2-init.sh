@@ -43,6 +43,8 @@ done
 acpi_devs=$(ls /sys/bus/acpi/devices 2>/dev/null | grep -c LNRO0005)
 virtio_devs=$(ls /sys/bus/virtio/devices 2>/dev/null | wc -l)
 echo "LANE-L2 virtio: acpi LNRO0005=$acpi_devs virtio devices=$virtio_devs"
+# Where the modules sit, to read a vCPU dump's rip against (kvmm prints one on a hang).
+echo "LANE-L2 modules: $(awk '{print $1 "@" $6}' /proc/modules | tr '\n' ' ')"
 
 if [ "$(arg disk)" = 1 ]; then
     for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
