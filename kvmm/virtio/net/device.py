@@ -471,43 +471,32 @@ class Net(VirtioDevice):
         while True:
             batch = q.pop_plain(q.size, True)
             if batch:
-                held, overflow = self._held, self._overflow
-                cap = 0
+                took = False
                 for head, _addr, view in batch:
-                    n = len(view)
-                    if n < NET_HDR_LEN:
-                        self._bad_chain(q, head, f"a {n}-byte receive chain (the header "
-                                        f"alone needs {NET_HDR_LEN})")
-                        continue
-                    held.append((head, [view], n, [view, overflow]))
-                    cap += n
-                if cap:
-                    self._held_cap += cap
+                    took = self._hold(q, head, [view], len(view)) or took
+                if took:
                     return True
                 continue
-            chain = q.pop()
+            chain = q.pop()                # any other shape, checked whole
             if chain is None:
                 return False
-            total = chain.total_len
-            bufs = chain.buffers
-            if len(bufs) == 1:
-                addr, _n, writable = bufs[0]
-            else:
-                writable = True
-                for _a, _n, w in bufs:
-                    writable = writable and w
-            if not writable:
+            if not all(w for _a, _n, w in chain.buffers):
                 self._bad_chain(q, chain.head, "a device-readable buffer in a receive chain")
                 continue
-            if total < NET_HDR_LEN:
-                self._bad_chain(q, chain.head, f"a {total}-byte receive chain (the header "
-                                f"alone needs {NET_HDR_LEN})")
-                continue
-            views = [self._mem.view(addr, total)] if len(bufs) == 1 else chain.views(self._mem)
-            # (head, views, capacity, the iovec for a frame that fits this chain alone)
-            self._held.append((chain.head, views, total, views + [self._overflow]))
-            self._held_cap += total
-            return True
+            if self._hold(q, chain.head, chain.views(self._mem), chain.total_len):
+                return True
+
+    def _hold(self, q: Queue, head: int, views: list, total: int) -> bool:
+        """Keep a device-writable receive chain of `total` bytes in `_held`, or
+        give it back used, length 0, if the header does not fit (False)."""
+        if total < NET_HDR_LEN:
+            self._bad_chain(q, head, f"a {total}-byte receive chain (the header alone "
+                            f"needs {NET_HDR_LEN})")
+            return False
+        # (head, views, capacity, the iovec for a frame that fits this chain alone)
+        self._held.append((head, views, total, views + [self._overflow]))
+        self._held_cap += total
+        return True
 
     def _bad_chain(self, q: Queue, head: int, what: str) -> None:
         self.rx_bad_chains += 1
@@ -640,7 +629,7 @@ class Net(VirtioDevice):
                     if chain is None:
                         break
                     frames += 1
-                    if not self._send(chain):
+                    if not self._send_checked(chain):
                         q.undo_pop()
                         return
                     q.add_used(chain.head, 0)
@@ -693,22 +682,10 @@ class Net(VirtioDevice):
             q.add_used_many(done)
         return len(done)
 
-    def _send(self, chain) -> bool:
-        """Send (or drop, counting it) one transmit chain; False to try it again later."""
-        bufs = chain.buffers
-        if len(bufs) == 1:
-            # The usual frame: one driver-readable buffer and a header with no
-            # flags, no GSO and num_buffers 0. Same checks, fewer steps.
-            addr, total, writable = bufs[0]
-            if not writable and MIN_TX_CHAIN <= total <= self._tx_max + NET_HDR_LEN:
-                view = self._mem.view(addr, total)
-                hdr = view[:NET_HDR_LEN].tobytes()         # copy once, check, send the copy
-                if hdr == PLAIN_HDR:
-                    return self._transmit((hdr, view[NET_HDR_LEN:]), total - NET_HDR_LEN)
-        return self._send_checked(chain)
-
     def _send_checked(self, chain) -> bool:
-        """_send for every other chain: each check with its own reason."""
+        """Send (or drop, counting it) one transmit chain of any shape, each check
+        with its own reason; False to try it again later. (One-buffer chains with
+        a plain header take the shorter way of _send_plain.)"""
         bufs = chain.buffers
         total = chain.total_len
         if len(bufs) == 1:
