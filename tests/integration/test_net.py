@@ -119,10 +119,10 @@ def in_netns(ns: str):
         os.close(home)
 
 
-def udp_socket(ns: str, addr: str, timeout: float = 2.0) -> socket.socket:
+def udp_socket(ns: str, addr: str, timeout: float = 2.0, port: int = 0) -> socket.socket:
     with in_netns(ns):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((addr, 0))
+    s.bind((addr, port))
     s.settimeout(timeout)
     return s
 
@@ -443,10 +443,7 @@ def test_rate_limits_per_direction(netns, guests, net_ok, tmp_path):
     ns = netns.new()
     tap(ns, "kt0", "10.200.8.1/24")
     # Guest -> host, throttled by its tx limiter.
-    with in_netns(ns):
-        rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx_sock.bind(("10.200.8.1", 9000))
-    rx_sock.settimeout(0.5)
+    rx_sock = udp_socket(ns, "10.200.8.1", timeout=0.5, port=9000)
     stats = tmp_path / "tx-stats.json"
     g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.8.2/24 peer=10.200.8.1 port=9000 "
                f"size={size} seconds=3", ["tap=kt0,id=lan"],
@@ -564,10 +561,7 @@ def test_net_shorthand_limit(netns, guests, net_ok):
     frame_len = size + 42
     ns = netns.new()
     tap(ns, "ks0", "10.200.10.1/24")
-    with in_netns(ns):
-        rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx_sock.bind(("10.200.10.1", 9000))
-    rx_sock.settimeout(0.5)
+    rx_sock = udp_socket(ns, "10.200.10.1", timeout=0.5, port=9000)
     g = guests(ns, net_ok, "mode=netbench dir=tx ip=10.200.10.2/24 peer=10.200.10.1 port=9000 "
                f"size={size} seconds=3", ["tap=ks0,id=lan,tx_bw=200K"])
     measured = _received_rate(g, rx_sock, frame_len)
