@@ -105,9 +105,10 @@ class EventLoop:
         return timer
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        """Run `callback` on the loop once the descriptors ready now have been
-        served (a device yielding after its budget); no timer involved. From
-        another thread this wakes the loop, like call_soon_threadsafe."""
+        """Run `callback` on the loop after the callbacks of the descriptors the
+        last poll found ready, and before the next poll waits (a device yielding
+        after its budget); no timer involved. From another thread this wakes
+        the loop, like call_soon_threadsafe."""
         if threading.current_thread() is self._thread:
             self._soon.append(callback)
         else:

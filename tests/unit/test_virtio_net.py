@@ -747,8 +747,8 @@ def test_event_loop_transmit_stays_fair(mem):
         _wait_for(lambda: got.extend(r.wire_frames()) or len(got) == n)
         assert [g[NET_HDR_LEN:] for g in got] == [frame(60, seed=i) for i in range(n)]
         _wait_for(lambda: seen)
-        # Served after one budget, or two: a retry asked for from a loop callback can
-        # still be due in the same loop iteration (EventLoop runs due timers last).
+        # Served after one budget, or two: a retry asked for from a reader's
+        # callback runs in the same loop iteration (EventLoop.call_soon).
         assert seen[0] in (budget, 2 * budget)
         assert r.net.stats()["tx_yields"] == n // budget
     finally:

@@ -13,9 +13,9 @@ the chain: the frame goes from guest RAM to the kernel without a copy in
 between. At most `tx_budget` frames per wake-up; then the queue is processed
 again from the event loop (`retry_later(0)`: EventLoop.call_soon), after
 anything else that is ready, so a guest flooding its transmit queue cannot
-starve other devices or the console (the EventLoop serves its ready
-descriptors before those call-backs, so at most two budgets pass between two
-polls). Used buffers are published, and
+starve other devices or the console (the EventLoop runs those call-backs
+after the descriptors its last poll found ready, and polls again right after
+them, so at most two budgets pass between two polls). Used buffers are published, and
 the driver interrupted if it asked to be (EVENT_IDX's used_event), after each
 budget: a driver waiting for room refills the ring while the device goes on.
 
