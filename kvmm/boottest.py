@@ -31,7 +31,8 @@ class Watcher:
     for prompts) against success and failure patterns. `feed` runs on vCPU
     threads; the first match wins and calls `on_match(kind, pattern, line)`."""
 
-    def __init__(self, success: list[str], failure: list[str], on_match, regex: bool = False):
+    def __init__(self, success: list[str], failure: list[str], on_match=None,
+                 regex: bool = False):
         import re
 
         def compile_(pattern: str):
@@ -73,7 +74,15 @@ class Watcher:
 
     def _hit(self, kind: str, pattern: str, line: str) -> None:
         self.matched = (kind, pattern, line, time.monotonic())
-        self._on_match(kind)
+        if self._on_match is not None:
+            self._on_match(kind)
+
+    def set_on_match(self, on_match) -> None:
+        """Call `on_match(kind)` for a match, now if one was already seen."""
+        with self._lock:
+            self._on_match = on_match
+            if self.matched is not None:
+                on_match(self.matched[0])
 
 
 class Outcome:
@@ -105,30 +114,24 @@ def kvm_problem() -> str | None:
     return None
 
 
-def run_boot_test(config, prepared, success: list[str], failure: list[str], start: float,
-                  wait_exit: bool = False, regex: bool = False) -> Outcome:
-    """Boot `config` (a VmConfig; `prepared` from machine.prepare(config), or
-    None) and watch its console from `start` (time.monotonic). Raises
-    ConfigError/BootError/ValueError before anything runs, HostNotSupported if
-    KVM cannot be used."""
-    from kvmm import machine
-    config.console_capture = True
-    config.interactive = False
-    m = machine.build(config, prepared, start_time=start)
-    timeout = config.timeout or DEFAULT_TIMEOUT
+def watch(vmm, watcher: Watcher, start: float, wait_exit: bool = False) -> Outcome:
+    """Watch a started kvmm.vmm.Vmm whose console feeds `watcher`, from `start`
+    (time.monotonic), until a verdict; the time limit is the spec's timeout."""
+    timeout = vmm.spec.host.timeout or DEFAULT_TIMEOUT
 
     def on_match(kind: str) -> None:
         if kind == FAIL or not wait_exit:
-            m.stop(0, f"boot-test: {kind}")
+            vmm.stop(0, f"boot-test: {kind}")
 
-    watcher = Watcher(success, failure, on_match, regex=regex)
-    with m:
-        m.console.observer = watcher.feed
-        m.start()
+    watcher.set_on_match(on_match)
+    try:
         left = timeout - (time.monotonic() - start)     # the timeout counts from `start`
-        reason = m.wait(max(round(left, 3), 0.001))
+        reason = vmm.wait(max(round(left, 3), 0.001))
+        m = vmm.machine
         console = bytes(m.console.captured or b"")
         report = list(m.report_lines)
+    finally:
+        vmm.release_for_exit()
     elapsed = time.monotonic() - start
     matched = watcher.matched
     boot_time = None

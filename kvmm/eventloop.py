@@ -161,6 +161,8 @@ class EventLoop:
             self.errors.append(e)
 
     def run(self) -> None:
+        from kvmm.procname import set_thread_name
+        set_thread_name(self.name)
         self._running = True
         while self._running:
             while self._timers and self._timers[0][2].cancelled:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from kvmm.config import default_kernel
+from kvmm.guest_image import default_kernel
 
 
 def _kvm_problem() -> str | None:

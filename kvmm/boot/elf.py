@@ -2,7 +2,8 @@
 
 `parse_elf` checks every header field it uses before anything is loaded and
 returns an `ElfKernel`; `load_elf` copies its segments into guest memory.
-Also reads the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) where present.
+Also reads the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) where present, and
+any other note through `find_note`.
 """
 from __future__ import annotations
 
@@ -69,40 +70,13 @@ def _mib(n: int) -> str:
 
 
 def parse_elf(image: bytes | memoryview, name: str = "kernel") -> ElfKernel:
-    if len(image) < EHDR.size:
-        raise InvalidImage(f"{name}: truncated ({len(image)} bytes), not an ELF kernel")
-    (ident, e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, _flags, e_ehsize,
-     e_phentsize, e_phnum, e_shentsize, e_shnum, _shstrndx) = EHDR.unpack_from(image, 0)
-    if ident[:4] != ELF_MAGIC:
-        raise InvalidImage(f"{name}: not an ELF file (bad magic); give a 64-bit ELF kernel")
-    if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB:
-        raise InvalidImage(f"{name}: not a 64-bit little-endian ELF; kvmm boots x86-64 kernels")
-    if e_machine != EM_X86_64:
-        raise InvalidImage(f"{name}: ELF machine {e_machine} is not x86-64 ({EM_X86_64})")
-    if e_type != ET_EXEC:
-        raise InvalidImage(f"{name}: ELF type {e_type} is not an executable (ET_EXEC)")
-    if e_version != EV_CURRENT or e_ehsize != EHDR.size:
-        raise InvalidImage(f"{name}: unsupported ELF header (version {e_version}, "
-                           f"size {e_ehsize})")
-    if e_phentsize != PHDR.size:
-        raise InvalidImage(f"{name}: program header size {e_phentsize}, expected {PHDR.size}")
-    if not 1 <= e_phnum <= MAX_PHNUM:
-        raise InvalidImage(f"{name}: {e_phnum} program headers (1 to {MAX_PHNUM} allowed)")
-    if e_phoff + e_phnum * PHDR.size > len(image):
-        raise InvalidImage(f"{name}: truncated: program headers end at "
-                           f"{e_phoff + e_phnum * PHDR.size:#x} past the file end "
-                           f"{len(image):#x}")
-    if e_shoff and e_shoff + e_shnum * e_shentsize > len(image):
-        raise InvalidImage(f"{name}: truncated: the section headers end at "
-                           f"{e_shoff + e_shnum * e_shentsize:#x} past the file end "
-                           f"{len(image):#x}")
+    e_entry, phdrs = _program_headers(image, name)
     segments = []
     pvh_entry = None
-    for i in range(e_phnum):
-        p_type, p_flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = \
-            PHDR.unpack_from(image, e_phoff + i * PHDR.size)
+    for i, (p_type, p_flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, p_align) in \
+            enumerate(phdrs):
         if p_type == PT_NOTE:
-            pvh_entry = _find_pvh_note(image, p_offset, p_filesz, name) or pvh_entry
+            pvh_entry = _find_pvh_note(image, p_offset, p_filesz, p_align, name) or pvh_entry
             continue
         if p_type != PT_LOAD or p_memsz == 0:
             continue
@@ -135,24 +109,82 @@ def parse_elf(image: bytes | memoryview, name: str = "kernel") -> ElfKernel:
     return ElfKernel(e_entry, tuple(ordered), pvh_entry, low, high)
 
 
-def _find_pvh_note(image, offset: int, size: int, name: str) -> int | None:
+def find_note(image: bytes | memoryview, owner: bytes, note_type: int,
+              name: str = "kernel") -> bytes | None:
+    """The descriptor of the first ELF note named `owner` (without its NUL) of
+    type `note_type` in the image's PT_NOTE segments, or None. The ELF header
+    and every note are checked as `parse_elf` checks them; a malformed image
+    raises InvalidImage."""
+    _entry, phdrs = _program_headers(image, name)
+    for p_type, _flags, p_offset, _vaddr, _paddr, p_filesz, _memsz, p_align in phdrs:
+        if p_type != PT_NOTE:
+            continue
+        for ntype, nname, desc in _notes(image, p_offset, p_filesz, p_align, name):
+            if ntype == note_type and nname == owner:
+                return desc
+    return None
+
+
+def _program_headers(image, name: str) -> tuple[int, list[tuple]]:
+    """Check the ELF header; return e_entry and the program headers (PHDR tuples)."""
+    if len(image) < EHDR.size:
+        raise InvalidImage(f"{name}: truncated ({len(image)} bytes), not an ELF kernel")
+    (ident, e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, _flags, e_ehsize,
+     e_phentsize, e_phnum, e_shentsize, e_shnum, _shstrndx) = EHDR.unpack_from(image, 0)
+    if ident[:4] != ELF_MAGIC:
+        raise InvalidImage(f"{name}: not an ELF file (bad magic); give a 64-bit ELF kernel")
+    if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB:
+        raise InvalidImage(f"{name}: not a 64-bit little-endian ELF; kvmm boots x86-64 kernels")
+    if e_machine != EM_X86_64:
+        raise InvalidImage(f"{name}: ELF machine {e_machine} is not x86-64 ({EM_X86_64})")
+    if e_type != ET_EXEC:
+        raise InvalidImage(f"{name}: ELF type {e_type} is not an executable (ET_EXEC)")
+    if e_version != EV_CURRENT or e_ehsize != EHDR.size:
+        raise InvalidImage(f"{name}: unsupported ELF header (version {e_version}, "
+                           f"size {e_ehsize})")
+    if e_phentsize != PHDR.size:
+        raise InvalidImage(f"{name}: program header size {e_phentsize}, expected {PHDR.size}")
+    if not 1 <= e_phnum <= MAX_PHNUM:
+        raise InvalidImage(f"{name}: {e_phnum} program headers (1 to {MAX_PHNUM} allowed)")
+    if e_phoff + e_phnum * PHDR.size > len(image):
+        raise InvalidImage(f"{name}: truncated: program headers end at "
+                           f"{e_phoff + e_phnum * PHDR.size:#x} past the file end "
+                           f"{len(image):#x}")
+    if e_shoff and e_shoff + e_shnum * e_shentsize > len(image):
+        raise InvalidImage(f"{name}: truncated: the section headers end at "
+                           f"{e_shoff + e_shnum * e_shentsize:#x} past the file end "
+                           f"{len(image):#x}")
+    return e_entry, [PHDR.unpack_from(image, e_phoff + i * PHDR.size) for i in range(e_phnum)]
+
+
+def _notes(image, offset: int, size: int, align: int, name: str):
+    """Yield (type, owner, descriptor) for each note of the PT_NOTE segment
+    [offset, offset + size), every bound checked. Names and descriptors are
+    padded to 8 bytes in a segment aligned to 8, else to 4 (gABI "Note Section")."""
+    pad = 7 if align == 8 else 3
     end = offset + size
     if end > len(image):
         raise InvalidImage(f"{name}: truncated: a note segment ends past the file end")
     while offset + NHDR.size <= end:
         namesz, descsz, ntype = NHDR.unpack_from(image, offset)
         name_off = offset + NHDR.size
-        desc_off = name_off + ((namesz + 3) & ~3)
-        next_off = desc_off + ((descsz + 3) & ~3)
+        desc_off = name_off + ((namesz + pad) & ~pad)
+        next_off = desc_off + ((descsz + pad) & ~pad)
         if next_off > end:
             raise InvalidImage(f"{name}: malformed ELF note at {offset:#x}")
-        if ntype == XEN_ELFNOTE_PHYS32_ENTRY and bytes(image[name_off:name_off + 4]) == b"Xen\0":
-            if descsz == 4:
-                return struct.unpack_from("<I", image, desc_off)[0]
-            if descsz == 8:
-                return struct.unpack_from("<Q", image, desc_off)[0]
-            raise InvalidImage(f"{name}: PVH entry note of {descsz} bytes")
+        owner = bytes(image[name_off:name_off + namesz]).rstrip(b"\0")
+        yield ntype, owner, bytes(image[desc_off:desc_off + descsz])
         offset = next_off
+
+
+def _find_pvh_note(image, offset: int, size: int, align: int, name: str) -> int | None:
+    for ntype, owner, desc in _notes(image, offset, size, align, name):
+        if ntype == XEN_ELFNOTE_PHYS32_ENTRY and owner == b"Xen":
+            if len(desc) == 4:
+                return struct.unpack("<I", desc)[0]
+            if len(desc) == 8:
+                return struct.unpack("<Q", desc)[0]
+            raise InvalidImage(f"{name}: PVH entry note of {len(desc)} bytes")
     return None
 
 

@@ -7,26 +7,65 @@ import time
 
 I8042_DATA_OFFSET = 0               # port 0x60
 I8042_COMMAND_OFFSET = 4            # port 0x64
+I8042_CMD_READ_CTR = 0x20           # read the controller configuration byte
+I8042_CMD_WRITE_CTR = 0x60          # the next data byte is the configuration byte
 I8042_CMD_RESET_CPU = 0xFE          # pulse the CPU reset line
+I8042_STATUS_OUTPUT_FULL = 0b1      # a byte waits in the data port
 I8042_STATUS_SYSTEM_FLAG = 0b100    # set after a successful self-test
+I8042_CTR_KBD_INT = 0b1             # keyboard interrupt enabled
+I8042_BUFFER_MAX = 16
+# Ctrl, Alt, Del make codes in scan code set 2 (what Firecracker's i8042 sends).
+CTRL_ALT_DEL_SCANCODES = (0x14, 0x11, 0xE0, 0x71)
 
 
 class I8042:
-    """Enough of the PS/2 controller for a guest to reset the machine.
+    """Enough of the PS/2 controller for a guest to reset the machine, and for
+    the host to send it Ctrl-Alt-Del (Firecracker's SendCtrlAltDel).
 
-    Spans ports 0x60-0x64; `on_reset` is called once for the reset command.
+    Spans ports 0x60-0x64; `on_reset` is called once for the reset command;
+    `irq` (one `trigger()` method) raises the keyboard interrupt.
     """
 
-    def __init__(self, on_reset: Callable[[], None]):
+    def __init__(self, on_reset: Callable[[], None], irq=None):
         self._on_reset = on_reset
+        self._irq = irq
+        self._buffer: list[int] = []
+        self._ctr = I8042_CTR_KBD_INT
+        self._writing_ctr = False
 
     def read(self, offset: int, data: memoryview) -> None:
         if offset == I8042_COMMAND_OFFSET:
-            data[0] = I8042_STATUS_SYSTEM_FLAG
+            data[0] = I8042_STATUS_SYSTEM_FLAG | (I8042_STATUS_OUTPUT_FULL if self._buffer else 0)
+        elif offset == I8042_DATA_OFFSET:
+            data[0] = self._buffer.pop(0) if self._buffer else 0
+            if self._buffer and self._irq is not None and self._ctr & I8042_CTR_KBD_INT:
+                self._irq.trigger()
 
     def write(self, offset: int, data: bytes) -> None:
-        if offset == I8042_COMMAND_OFFSET and data[0] == I8042_CMD_RESET_CPU:
-            self._on_reset()
+        if offset == I8042_COMMAND_OFFSET:
+            cmd = data[0]
+            if cmd == I8042_CMD_RESET_CPU:
+                self._on_reset()
+            elif cmd == I8042_CMD_READ_CTR:
+                self._push(self._ctr)
+            elif cmd == I8042_CMD_WRITE_CTR:
+                self._writing_ctr = True
+        elif offset == I8042_DATA_OFFSET and self._writing_ctr:
+            self._ctr = data[0]
+            self._writing_ctr = False
+
+    def _push(self, byte: int) -> bool:
+        if len(self._buffer) >= I8042_BUFFER_MAX:
+            return False
+        self._buffer.append(byte)
+        return True
+
+    def send_ctrl_alt_del(self) -> None:
+        """Queue the key presses and raise the keyboard interrupt."""
+        for code in CTRL_ALT_DEL_SCANCODES:
+            self._push(code)
+        if self._irq is not None:
+            self._irq.trigger()
 
 
 class DebugExit:

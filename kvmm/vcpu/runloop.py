@@ -12,14 +12,15 @@ import threading
 
 from kvmm.ioctl import KvmError
 from kvmm.ioctl import exits as x
+from kvmm.procname import set_thread_name
 
 
 class VcpuThread(threading.Thread):
     """Runs one vCPU. `machine` provides pio_bus, mmio_bus, stopping,
     vcpu_interrupted(vcpu) and fatal(vcpu, reason)."""
 
-    def __init__(self, machine, vcpu):
-        super().__init__(name=f"kvmm-vcpu{vcpu.index}", daemon=True)
+    def __init__(self, machine, vcpu, name: str | None = None):
+        super().__init__(name=name or f"kvmm-vcpu{vcpu.index}", daemon=True)
         self.machine = machine
         self.vcpu = vcpu
         self.exits = 0
@@ -33,7 +34,8 @@ class VcpuThread(threading.Thread):
             x.IoOut, x.IoIn, x.MmioWrite, x.MmioRead, x.Interrupted)
         run = vcpu.run
         exits = 0
-        pin = m.config.cpu_pin
+        set_thread_name(self.name)     # what ps and pgrep see (e.g. "fc_vcpu 0")
+        pin = m.cpu_pin
         if pin is not None:
             os.sched_setaffinity(0, {pin[vcpu.index]})     # 0: this thread
         self.affinity = os.sched_getaffinity(0)

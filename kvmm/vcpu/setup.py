@@ -132,3 +132,31 @@ def vcpu_cpuid(supported: list[KvmCpuidEntry2], index: int, num_vcpus: int,
                 setattr(e, reg, getattr(e, reg) & ~mask)
         out.append(e)
     return out
+
+
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_MODE_EXTINT = 0b111 << 8
+APIC_MODE_NMI = 0b100 << 8
+
+
+def setup_lapic(vcpu) -> None:
+    """LINT0 as ExtINT and LINT1 as NMI, as a BIOS leaves them (Firecracker `interrupts.rs`)."""
+    import struct
+
+    from kvmm.ioctl.structs import KvmLapicState
+    regs = bytearray(bytes(vcpu.get_lapic()))
+    for offset, mode in ((APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)):
+        value = struct.unpack_from("<I", regs, offset)[0]
+        struct.pack_into("<I", regs, offset, (value & ~0x700) | mode)
+    vcpu.set_lapic(KvmLapicState.from_buffer_copy(regs))
+
+
+def detect_pvm(vcpu) -> bool:
+    """The software-virtualization KVM answers its signature MSR; hardware KVM
+    does not know it."""
+    try:
+        values = vcpu.get_msrs([MSR_PVM_SIGNATURE])
+    except OSError:
+        return False
+    return values.get(MSR_PVM_SIGNATURE) == PVM_SIGNATURE

@@ -56,13 +56,19 @@ def run_kvmm(guest_kernel):
 
 
 
-def control(sock: str, payload: dict, timeout: float = 20) -> dict:
-    """One request on a running monitor's control socket (--api-sock) that
-    must succeed."""
-    from kvmm.api.control import request
-    reply = request(sock, payload, timeout)
-    assert reply["ok"], (payload, reply)
-    return reply
+def api(sock: str, method: str, path: str, body=None, timeout: float = 20):
+    """One request to a running monitor's API (--api-sock) that must succeed;
+    its JSON answer (None for 204)."""
+    from kvmm.api.client import request
+    status, answer = request(sock, method, path, body, timeout)
+    assert status < 300, (method, path, body, status, answer)
+    return answer
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a monitor in order (SIGTERM: it stops its guest and exits 0)."""
+    import signal
+    proc.send_signal(signal.SIGTERM)
 
 
 def wait_for_socket(sock: str, proc: subprocess.Popen, seconds: float = 20) -> None:
@@ -106,9 +112,9 @@ def iops_alone_and_beside(measure, flood_sock: str, rounds: int = 6) -> tuple[fl
     the machine's own drift between runs falls on both sides alike."""
     alone, beside = [], []
     for _ in range(rounds):
-        control(flood_sock, {"cmd": "pause"})
+        api(flood_sock, "PATCH", "/vm", {"state": "Paused"})
         alone.append(measure())
-        control(flood_sock, {"cmd": "resume"})
+        api(flood_sock, "PATCH", "/vm", {"state": "Resumed"})
         time.sleep(0.2)
         beside.append(measure())
     return sum(alone) / rounds, sum(beside) / rounds

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (REPO, Run, control, iops_alone_and_beside, on_cpus,
+from tests.integration.conftest import (REPO, Run, api, iops_alone_and_beside, on_cpus, stop,
                                         require, second_guest_iops, two_cpus,
                                         wait_for_socket)
 
@@ -538,8 +538,8 @@ def test_a_guest_flooding_disk_and_nic_does_not_slow_another(netns, net_ok, tmp_
         sink = udp_socket(ns, "10.200.9.1")      # datagrams to port 9000 are dropped
         alone, beside = iops_alone_and_beside(
             lambda: second_guest_iops(str(b), b_cpu, "--kernel", net_ok), sock)
-        limits = control(sock, {"cmd": "stats"})["stats"]["limits"]
-        control(sock, {"cmd": "stop"})
+        limits = api(sock, "GET", "/kvmm/stats")["limits"]
+        stop(flood)
         out, err = flood.communicate(timeout=60)
     finally:
         if sink is not None:

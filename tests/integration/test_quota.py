@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import (REPO, control, iops_alone_and_beside, kvmm, on_cpus,
+from tests.integration.conftest import (REPO, api, iops_alone_and_beside, kvmm, on_cpus, stop,
                                         require, second_guest_iops, two_cpus,
                                         wait_for_socket)
 
@@ -125,8 +125,8 @@ def test_throttled_flood_does_not_slow_another_guest(guest_kernel, tmp_path):
     try:
         wait_for_socket(sock, flood)
         alone, beside = iops_alone_and_beside(lambda: second_guest_iops(b, b_cpu), sock)
-        flooded = control(sock, {"cmd": "stats"})["stats"]["limits"]["drive:d0"]
-        control(sock, {"cmd": "stop"})
+        flooded = api(sock, "GET", "/kvmm/stats")["limits"]["drive:d0"]
+        stop(flood)
         out, err = flood.communicate(timeout=60)
     finally:
         if flood.poll() is None:

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from kvmm import boottest, cli
-from kvmm.config import default_kernel
+from kvmm.guest_image import default_kernel
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,12 +11,12 @@ import struct
 
 import pytest
 
-from kvmm import machine
+from kvmm import builder
 from kvmm.arch.x86_64 import e820, layout
 from kvmm.boot import bzimage, initrd, loader, params
 from kvmm.boot.errors import BootError, InvalidImage
-from kvmm.config import ConfigError, VmConfig
 from kvmm.memory import GuestMemory
+from kvmm.spec import BootSourceSpec, HostSpec, MachineSpec, SpecError, VmSpec
 from tests import elfimage
 
 MiB = 1 << 20
@@ -257,13 +257,24 @@ def test_initrd_loads(tmp_path):
         initrd.load_initrd(rd, mem)
 
 
-# machine.prepare: every check before a VM exists ------------------------------------
+# builder.prepare: every check before a VM exists ------------------------------------
+def prepare(kernel, boot_args=None, initrd_path=None, mem_mib=64) -> builder.Prepared:
+    spec = VmSpec(boot_source=BootSourceSpec(kernel_image_path=str(kernel), boot_args=boot_args,
+                                             initrd_path=None if initrd_path is None
+                                             else str(initrd_path)),
+                  machine=MachineSpec(mem_size_mib=mem_mib), host=HostSpec(console="none"))
+    prep = builder.prepare(spec)
+    prep.close()
+    return prep
+
+
 def test_prepare_checks_cmdline_against_the_kernel(tmp_path):
     k = tmp_path / "bz"
     k.write_bytes(make_bzimage(cmdline_size=100))
-    machine.prepare(VmConfig(kernel=k, cmdline="x" * 100))
-    with pytest.raises(ConfigError, match="accepts at most 100"):
-        machine.prepare(VmConfig(kernel=k, cmdline="x" * 101))
+    assert prepare(k, boot_args="x" * 100).cmdline == b"x" * 100 + b"\0"
+    with pytest.raises(SpecError, match="accepts at most 100") as e:
+        prepare(k, boot_args="x" * 101)
+    assert e.value.field == "boot-source.boot_args"
 
 
 def test_prepare_places_the_initrd(tmp_path):
@@ -271,18 +282,18 @@ def test_prepare_places_the_initrd(tmp_path):
     k.write_bytes(make_bzimage())
     rd = tmp_path / "rd"
     rd.write_bytes(b"x" * 5000)
-    prep = machine.prepare(VmConfig(kernel=k, initrd=rd, mem_size=64 * MiB))
+    prep = prepare(k, initrd_path=rd, mem_mib=64)
     assert prep.initrd.addr >= 0x1040000 and prep.initrd.addr + 5000 <= 64 * MiB
     rd.write_bytes(b"x" * (63 * MiB))
     with pytest.raises(BootError, match="does not fit"):
-        machine.prepare(VmConfig(kernel=k, initrd=rd, mem_size=64 * MiB))
+        prepare(k, initrd_path=rd, mem_mib=64)
 
 
 def test_prepare_kernel_needs_more_ram(tmp_path):
     k = tmp_path / "bz"
     k.write_bytes(make_bzimage(init_size=8 * MiB, pref_address=0x4000000))
     with pytest.raises(InvalidImage, match="give it more memory with --mem"):
-        machine.prepare(VmConfig(kernel=k, mem_size=64 * MiB))
+        prepare(k, mem_mib=64)
 
 
 # Debian's kernel -------------------------------------------------------------------

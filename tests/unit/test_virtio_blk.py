@@ -1,6 +1,7 @@
 """virtio-blk (kvmm/virtio/blk/): requests against a temporary image through the
 mmio transport and a driver-side helper, bad chains, read-only drives, the
-rate-limit hook, and drive option validation."""
+rate-limit hook, drive options (kvmm.spec.DriveSpec) and opening images
+(open_drive/open_drives), and the builder's wiring of drives."""
 import fcntl
 import os
 import struct
@@ -10,7 +11,8 @@ import pytest
 from kvmm.devices.irq import CountingTrigger
 from kvmm.memory import GuestMemory
 from kvmm.virtio import mmio
-from kvmm.virtio.blk import Block, DriveConfig, DriveError, open_drives, parse_drive
+from kvmm.spec import DriveSpec, SpecError, VmSpec
+from kvmm.virtio.blk import Block, DriveError, open_drive, open_drives
 from kvmm.virtio.blk import device as blkdev
 from kvmm.virtio.blk.device import (
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -42,6 +44,11 @@ def mem():
     m.close()
 
 
+def spec(path, drive_id="drive0", read_only=False, serial=None, root=False) -> DriveSpec:
+    return DriveSpec(drive_id=drive_id, path_on_host=str(path), is_read_only=read_only,
+                     serial=serial, is_root_device=root)
+
+
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "disk.img"
@@ -52,8 +59,8 @@ def image(tmp_path):
 class Rig:
     """A drive, its device and transport, and the driver side."""
 
-    def __init__(self, mem, config, *, queue_size=256, features=None, **blk_kw):
-        [self.drive] = open_drives([config])
+    def __init__(self, mem, drive_spec, *, queue_size=256, features=None, **blk_kw):
+        self.drive = open_drive(drive_spec)
         self.blk = Block(self.drive, queue_size=queue_size, **blk_kw)
         self.irq = CountingTrigger()
         self.transport = mmio.MmioTransport(self.blk, mem, self.irq)
@@ -69,14 +76,14 @@ class Rig:
 
 @pytest.fixture
 def rig(mem, image):
-    r = Rig(mem, DriveConfig(str(image), id="disk", serial="SER-123"))
+    r = Rig(mem, spec(image, "disk", serial="SER-123"))
     yield r
     r.close()
 
 
 @pytest.fixture
 def ro_rig(mem, image):
-    r = Rig(mem, DriveConfig(str(image), read_only=True))
+    r = Rig(mem, spec(image, read_only=True))
     yield r
     r.close()
 
@@ -170,7 +177,7 @@ def test_get_id(rig):
 
 
 def test_get_id_defaults_to_drive_id(mem, image):
-    r = Rig(mem, DriveConfig(str(image)))
+    r = Rig(mem, spec(image))
     try:
         assert r.drv.do(VIRTIO_BLK_T_GET_ID, in_len=20).data == b"drive0" + bytes(14)
     finally:
@@ -322,7 +329,7 @@ def test_indirect_request(rig, image):
 
 
 def test_seg_max_enforced(mem, image):
-    r = Rig(mem, DriveConfig(str(image)), queue_size=8)      # seg_max = 6
+    r = Rig(mem, spec(image), queue_size=8)      # seg_max = 6
     try:
         cfg = memoryview(bytearray(4))
         r.transport.read(mmio.CONFIG + 12, cfg)
@@ -336,7 +343,7 @@ def test_seg_max_enforced(mem, image):
 
 
 def test_size_max_enforced(mem, image):
-    r = Rig(mem, DriveConfig(str(image)), size_max=4096)
+    r = Rig(mem, spec(image), size_max=4096)
     try:
         assert r.drv.do(VIRTIO_BLK_T_IN, 0, in_len=8192, seg=4096).status == VIRTIO_BLK_S_OK
         assert r.drv.do(VIRTIO_BLK_T_IN, 0, in_len=8192).status == VIRTIO_BLK_S_IOERR
@@ -349,7 +356,7 @@ def test_size_max_enforced(mem, image):
 def test_batch_one_interrupt(rig, image, event_idx, mem):
     if not event_idx:
         rig.close()
-        rig.__init__(mem, DriveConfig(str(image)),
+        rig.__init__(mem, spec(image),
                      features=rig.blk.avail_features & ~bit(VIRTIO_F_EVENT_IDX))
     rig.drv.reset_scratch()
     heads = [rig.drv.submit(rig.drv.build(VIRTIO_BLK_T_IN, 8 * k, in_len=4096))
@@ -436,7 +443,7 @@ class Limiter:
         self.calls = []
 
     def admit(self, request):
-        self.calls.append((request.type, request.nbytes))
+        self.calls.append((request.type, request.cost_bytes))
         if self.refusals:
             self.refusals -= 1
             return 0.25
@@ -445,7 +452,7 @@ class Limiter:
 
 def test_throttled_request_stays_queued(mem, image):
     limiter = Limiter(refusals=2)
-    r = Rig(mem, DriveConfig(str(image)), limiter=limiter)
+    r = Rig(mem, spec(image), limiter=limiter)
     try:
         r.drv.reset_scratch()
         head = r.drv.submit(r.drv.build(VIRTIO_BLK_T_IN, 0, in_len=512))
@@ -467,7 +474,8 @@ def test_two_drives_are_independent(mem, tmp_path):
     a, b = tmp_path / "a.img", tmp_path / "b.img"
     a.write_bytes(b"A" * 8192)
     b.write_bytes(b"B" * 4096)
-    drives = open_drives([DriveConfig(str(a)), DriveConfig(str(b), read_only=True)])
+    drives = open_drives([DriveSpec.from_cli_option(f"path={a}", 0),
+                          DriveSpec.from_cli_option(f"path={b},ro", 1)])
     assert [d.id for d in drives] == ["drive0", "drive1"]
     rigs = []
     try:
@@ -500,127 +508,142 @@ def test_stats_keys(rig):
 
 
 # Drive options. -----------------------------------------------------------------------------
-def test_parse_drive():
-    assert parse_drive("path=/img/a.raw") == DriveConfig("/img/a.raw")
-    assert parse_drive("path=a.img,ro,id=root,serial=ABC 1") == \
-        DriveConfig("a.img", read_only=True, id="root", serial="ABC 1")
-    assert parse_drive("path=we,,ird.img,ro=off") == DriveConfig("we,ird.img")
-    assert parse_drive("id=x,path=p").id == "x"
+def test_drive_option():
+    assert DriveSpec.from_cli_option("path=/img/a.raw", 0) == spec("/img/a.raw")
+    assert DriveSpec.from_cli_option("path=a.img,ro,id=root,serial=ABC 1", 3) == \
+        spec("a.img", "root", read_only=True, serial="ABC 1")
+    assert DriveSpec.from_cli_option("path=we,,ird.img,ro=off", 0) == spec("we,ird.img")
+    assert DriveSpec.from_cli_option("path=a,ro=on", 0).is_read_only
+    assert DriveSpec.from_cli_option("id=x,path=p", 0).drive_id == "x"
+    assert DriveSpec.from_cli_option("path=p", 2).drive_id == "drive2"
+    assert not DriveSpec.from_cli_option("path=p", 0).is_root_device
 
 
-@pytest.mark.parametrize("text,match", [
-    ("", "empty drive option"),
-    ("path=a,", "not understood"),
-    ("ro", "no image"),
-    ("path=", "no image"),
-    ("disk.img", "not understood"),
-    ("path=a,file=b", "unknown drive option 'file'"),
-    ("path=a,path=b", "given twice"),
-    ("path=a,ro=yes", "ro takes"),
-    ("path=a,id=", "drive id"),
-    ("path=a,id=-x", "drive id"),
-    ("path=a,id=a/b", "drive id"),
-    ("path=a,id=" + "x" * 33, "drive id"),
-    ("path=a,serial=" + "s" * 21, "at most 20"),
-    ("path=a,serial=caf\u00e9", "printable ASCII"),
+@pytest.mark.parametrize("text,field,match", [
+    ("", "--drive", "is empty"),
+    ("path=a,", "--drive 'path=a,'", "unknown option ''"),
+    ("ro", "--drive 'ro'", "path= is required"),
+    ("path=", "--drive 'path=': path", "is empty"),
+    ("disk.img", "--drive 'disk.img'", "unknown option 'disk.img'"),
+    ("path=a,file=b", "--drive 'path=a,file=b'", "unknown option 'file'"),
+    ("path=a,path=b", "--drive 'path=a,path=b'", "path is given twice"),
+    ("path=a,ro,ro", "--drive 'path=a,ro,ro'", "ro is given twice"),
+    ("path=a,ro=yes", "--drive 'path=a,ro=yes': ro", "takes no value"),
+    ("path=a,id=", "--drive 'path=a,id=': id", "must be 1-64"),
+    ("path=a,id=-x", "--drive 'path=a,id=-x': id", "must be 1-64"),
+    ("path=a,id=a/b", "--drive 'path=a,id=a/b': id", "must be 1-64"),
+    ("path=a,id=" + "x" * 65, "--drive 'path=a,id=" + "x" * 65 + "': id", "must be 1-64"),
+    ("path=a,serial=" + "s" * 21, "--drive 'path=a,serial=" + "s" * 21 + "': serial",
+     "at most 20"),
+    ("path=a,serial=caf\u00e9", "--drive 'path=a,serial=caf\u00e9': serial", "printable ASCII"),
+    ("path=a,bw=fast", "--drive 'path=a,bw=fast': bw", "not a size"),
+    ("path=a,iops_burst=5", "--drive 'path=a,iops_burst=5': iops", "needs a non-zero rate"),
 ])
-def test_parse_drive_errors(text, match):
-    with pytest.raises(DriveError, match=match) as e:
-        parse_drive(text)
+def test_drive_option_errors(text, field, match):
+    with pytest.raises(SpecError, match=match) as e:
+        DriveSpec.from_cli_option(text, 0)
+    assert e.value.field == field
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
 
 
-def one_line_error(configs, match):
+def test_sixty_four_character_id_is_fine():
+    assert DriveSpec.from_cli_option("path=a,id=" + "x" * 64, 0).drive_id == "x" * 64
+
+
+def one_line_error(specs, match):
     with pytest.raises(DriveError, match=match) as e:
-        open_drives(configs)
+        open_drives(specs)
     assert "\n" not in str(e.value)
     return str(e.value)
 
 
 def test_missing_image(tmp_path):
-    msg = one_line_error([DriveConfig(str(tmp_path / "nope.img"))], "does not exist")
+    msg = one_line_error([spec(tmp_path / "nope.img")], "does not exist")
     assert "drive0" in msg and "nope.img" in msg
 
 
 def test_directory(tmp_path):
-    one_line_error([DriveConfig(str(tmp_path))], "is a directory")
+    one_line_error([spec(tmp_path)], "is a directory")
 
 
 def test_not_a_regular_file():
-    one_line_error([DriveConfig("/dev/null")], "neither a regular file")
+    one_line_error([spec("/dev/null")], "neither a regular file")
 
 
 @pytest.mark.parametrize("size,match", [(1000, "not a multiple of 512"), (0, "empty")])
 def test_bad_sizes(tmp_path, size, match):
     p = tmp_path / "odd.img"
     p.write_bytes(b"x" * size)
-    one_line_error([DriveConfig(str(p))], match)
+    one_line_error([spec(p)], match)
 
 
 def test_same_file_twice(tmp_path, image):
     link = tmp_path / "hardlink.img"
     os.link(image, link)
-    msg = one_line_error([DriveConfig(str(image), id="a"), DriveConfig(str(link), id="b")],
+    msg = one_line_error([spec(image, "a"), spec(link, "b")],
                          "same file as drive 'a'")
     assert "'b'" in msg
-    one_line_error([DriveConfig(str(image), read_only=True),
-                    DriveConfig(str(image), read_only=True)], "same file")
+    one_line_error([spec(image, "a", read_only=True),
+                    spec(image, "b", read_only=True)], "same file")
 
 
 def test_read_only_file_needs_ro(image):
     os.chmod(image, 0o444)
-    one_line_error([DriveConfig(str(image))], "read-only.*add ',ro'")
-    [d] = open_drives([DriveConfig(str(image), read_only=True)])
-    d.close()
+    one_line_error([spec(image)], "read-only.*add ',ro'")
+    open_drive(spec(image, read_only=True)).close()
 
 
 def test_unreadable_file(image):
     os.chmod(image, 0o200)
-    one_line_error([DriveConfig(str(image), read_only=True)], "cannot be read")
+    one_line_error([spec(image, read_only=True)], "cannot be read")
 
 
 def test_duplicate_ids(tmp_path, image):
+    """Ids are checked across drives by VmSpec.validate, before any image opens."""
     other = tmp_path / "other.img"
     other.write_bytes(bytes(512))
-    one_line_error([DriveConfig(str(image), id="x"), DriveConfig(str(other), id="x")],
-                   "'x' is used by both")
+    with pytest.raises(SpecError, match="drive id 'x' is used twice") as e:
+        VmSpec(drives=[spec(image, "x"), spec(other, "x")]).validate()
+    assert e.value.field == "drives"
     # a default id can collide with an explicit one
-    one_line_error([DriveConfig(str(image)), DriveConfig(str(other), id="drive0")],
-                   "'drive0' is used")
+    drives = [DriveSpec.from_cli_option(f"path={image}", 0),
+              DriveSpec.from_cli_option(f"path={other},id=drive0", 1)]
+    with pytest.raises(SpecError, match="'drive0' is used twice"):
+        VmSpec(drives=drives).validate()
 
 
 def test_lock_held_by_another_monitor(image):
-    [first] = open_drives([DriveConfig(str(image))])
+    [first] = open_drives([spec(image)])
     try:
-        msg = one_line_error([DriveConfig(str(image))], "locked")
+        msg = one_line_error([spec(image)], "locked")
         assert "another process" in msg
-        one_line_error([DriveConfig(str(image), read_only=True)], "locked.*read-write")
+        one_line_error([spec(image, read_only=True)], "locked.*read-write")
     finally:
         first.close()
-    [again] = open_drives([DriveConfig(str(image))])
+    [again] = open_drives([spec(image)])
     again.close()
 
 
 def test_read_only_drives_share(image):
-    a = open_drives([DriveConfig(str(image), read_only=True)])
-    b = open_drives([DriveConfig(str(image), read_only=True)])
-    one_line_error([DriveConfig(str(image))], "locked")
+    a = open_drives([spec(image, read_only=True)])
+    b = open_drives([spec(image, read_only=True)])
+    one_line_error([spec(image)], "locked")
     for d in a + b:
         d.close()
 
 
 def test_all_or_nothing(tmp_path, image):
     """A failing drive closes (and unlocks) the ones opened before it."""
-    one_line_error([DriveConfig(str(image)), DriveConfig(str(tmp_path / "missing"))],
+    one_line_error([spec(image), spec(tmp_path / "missing", "drive1")],
                    "does not exist")
-    [d] = open_drives([DriveConfig(str(image))])
+    [d] = open_drives([spec(image)])
     d.close()
 
 
 def test_fallocate_probe_leaves_image_alone(image):
     before = image.read_bytes()
     blocks = os.stat(image).st_blocks
-    [d] = open_drives([DriveConfig(str(image))])
+    [d] = open_drives([spec(image)])
     d.close()
     assert image.read_bytes() == before and os.path.getsize(image) == IMAGE_SIZE
     assert os.stat(image).st_blocks == blocks
@@ -638,7 +661,7 @@ def test_probe_without_tmpfile(image, monkeypatch):
         return real_open(path, flags, *a)
     monkeypatch.setattr(drive_mod.os, "open", no_tmpfile)
     blocks = os.stat(image).st_blocks
-    [d] = open_drives([DriveConfig(str(image))])
+    [d] = open_drives([spec(image)])
     try:
         assert d.can_discard and not d.can_write_zeroes
         assert os.stat(image).st_blocks == blocks
@@ -649,7 +672,7 @@ def test_probe_without_tmpfile(image, monkeypatch):
 def test_write_zeroes_unsupported_where_not_offered(mem, image, monkeypatch):
     from kvmm.virtio.blk import drive as drive_mod
     monkeypatch.setattr(drive_mod.Drive, "probe_fallocate", lambda self: None)
-    r = Rig(mem, DriveConfig(str(image)))
+    r = Rig(mem, spec(image))
     try:
         offered = r.mmio.device_features()
         assert not offered & (bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES))
@@ -664,7 +687,7 @@ def test_write_zeroes_unsupported_where_not_offered(mem, image, monkeypatch):
         r.close()
 
 
-# The builder's wiring (kvmm/virtio/attach.py), with stand-ins for KVM. ------------------
+# The builder's wiring (kvmm/builder.py), with stand-ins for KVM. -------------------------
 class FakeVm:
     def __init__(self):
         self.irqfds, self.ioeventfds = [], []
@@ -687,26 +710,47 @@ class FakeLoop:
         self.readers.pop(fd, None)
 
 
-def test_attach_drives_wiring(mem, tmp_path):
+class FakeMachine:
+    def __init__(self, mem):
+        from kvmm.devices.bus import Bus
+        self.vm, self.mem, self.loop = FakeVm(), mem, FakeLoop()
+        self.mmio_bus = Bus("MMIO", 1 << 64)
+        self.virtio_devices = []
+        self.quota = None
+
+
+def vm_spec(tmp_path, drives) -> VmSpec:
+    from kvmm.spec import BootSourceSpec, HostSpec
+    from tests import elfimage
+    kernel = tmp_path / "kernel"
+    kernel.write_bytes(elfimage.build())
+    return VmSpec(boot_source=BootSourceSpec(kernel_image_path=str(kernel)), drives=drives,
+                  host=HostSpec(console="none"))
+
+
+def test_builder_wires_drives_root_first(mem, tmp_path):
+    from kvmm import builder
     from kvmm.arch.x86_64 import layout
     from kvmm.cleanup import Cleanup
-    from kvmm.devices.bus import Bus
-    from kvmm.virtio.attach import attach_drives
-
-    class FakeMachine:
-        pass
-    m = FakeMachine()
-    m.vm, m.mem, m.loop = FakeVm(), mem, FakeLoop()
-    m.mmio_bus = Bus("MMIO", 1 << 64)
-    m.virtio_devices = []
-    paths = []
+    from kvmm.spec import RateLimiterSpec
+    specs = []
     for k in range(2):
         p = tmp_path / f"{k}.img"
         p.write_bytes(bytes(4096))
-        paths.append(DriveConfig(str(p), id=f"d{k}"))
+        specs.append(spec(p, f"d{k}", root=k == 1))
+    specs[0].rate_limiter = RateLimiterSpec.from_shorthand({"iops": "100"}, "test")
+    vm = vm_spec(tmp_path, specs)
+    prep = builder.prepare(vm)
+    assert [d.spec.drive_id for d in prep.devices] == ["d1", "d0"]       # the root drive first
+    assert [(d.slot, d.gsi) for d in prep.devices] == [(0, layout.VIRTIO_IRQ_BASE),
+                                                       (1, layout.VIRTIO_IRQ_BASE + 1)]
+    assert prep.cmdline.startswith(b"root=/dev/vda rw virtio_mmio.device=4K@0xd0000000:5 ")
+    m = FakeMachine(mem)
     with Cleanup() as stack:
-        transports = attach_drives(m, paths, stack)
-        assert m.virtio_devices == transports
+        stack.callback(prep.close)
+        builder._add_virtio_devices(m, vm, prep, stack)
+        transports = m.virtio_devices
+        assert [t.name for t in transports] == ["virtio-blk:d1", "virtio-blk:d0"]
         assert [gsi for _fd, gsi in m.vm.irqfds] == [layout.VIRTIO_IRQ_BASE,
                                                       layout.VIRTIO_IRQ_BASE + 1]
         for slot, t in enumerate(transports):
@@ -721,22 +765,19 @@ def test_attach_drives_wiring(mem, tmp_path):
         data = memoryview(bytearray(4))
         m.mmio_bus.read(layout.VIRTIO_MMIO_START, data)
         assert bytes(data) == b"virt"
+        # Each drive has its limiter under the drive group; d0 has its spec's buckets.
+        limiters = m.quota.limiters
+        assert limiters["drive:d0"].parents == (limiters["drives"],)
+        assert limiters["drive:d0"].ops.size == 10 and limiters["drive:d1"].ops is None
     assert m.loop.readers == {}             # torn down with the stack
-    [d] = open_drives([paths[0]])           # and the image lock released
-    d.close()
+    open_drive(specs[0]).close()            # and the image locks released
+    open_drive(specs[1]).close()
 
 
-def test_attach_drives_bad_image_touches_nothing(mem, tmp_path):
-    from kvmm.cleanup import Cleanup
-    from kvmm.devices.bus import Bus
-    from kvmm.virtio.attach import attach_drives
-
-    class FakeMachine:
-        pass
-    m = FakeMachine()
-    m.vm, m.mem, m.loop = FakeVm(), mem, FakeLoop()
-    m.mmio_bus = Bus("MMIO", 1 << 64)
-    m.virtio_devices = []
-    with Cleanup() as stack, pytest.raises(DriveError, match="does not exist"):
-        attach_drives(m, [DriveConfig(str(tmp_path / "missing.img"))], stack)
-    assert m.vm.irqfds == [] and m.mmio_bus.devices() == []
+def test_builder_bad_image_touches_nothing(mem, tmp_path, image):
+    """prepare() opens every image before any KVM object exists, all or none."""
+    from kvmm import builder
+    vm = vm_spec(tmp_path, [spec(image, "good"), spec(tmp_path / "missing.img", "bad")])
+    with pytest.raises(DriveError, match="drive 'bad'.*does not exist"):
+        builder.prepare(vm)
+    open_drive(spec(image)).close()         # the first drive's lock was released

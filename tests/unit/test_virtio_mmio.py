@@ -12,7 +12,6 @@ from kvmm.devices.irq import CountingTrigger
 from kvmm.eventloop import EventLoop
 from kvmm.memory import GuestMemory
 from kvmm.virtio import mmio
-from kvmm.virtio.attach import cmdline_words
 from kvmm.virtio.device import (
     INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_BUFFER, STATUS_ACKNOWLEDGE,
     STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
@@ -507,8 +506,21 @@ def test_cmdline_word():
         cmdline_word(0, 5, size=0)
 
 
-def test_cmdline_words_follow_layout():
-    assert cmdline_words(2) == ["virtio_mmio.device=4K@0xd0000000:5",
-                                "virtio_mmio.device=4K@0xd0001000:6"]
-    with pytest.raises(VirtioError, match="too many"):
-        cmdline_words(1, first_slot=19)
+def test_cmdline_words_follow_the_builders_slots():
+    """The builder gives slot k the MMIO page VIRTIO_MMIO_START + k * 4 KiB and GSI
+    VIRTIO_IRQ_BASE + k, and declares each on the command line once."""
+    from kvmm import builder
+    from kvmm.spec import SpecError
+    slots = builder.assign_slots(["a", "b"])
+    assert [cmdline_word(d.base, d.gsi, d.size) for d in slots] == [
+        "virtio_mmio.device=4K@0xd0000000:5", "virtio_mmio.device=4K@0xd0001000:6"]
+    assert builder._with_virtio_words("quiet", slots) == (
+        "quiet virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6")
+    given = "virtio_mmio.device=4K@0xd0000000:5 quiet"
+    assert builder._with_virtio_words(given, slots) == (
+        given + " virtio_mmio.device=4K@0xd0001000:6")       # not repeated
+    assert builder._with_virtio_words("quiet", []) == "quiet"
+    assert len(builder.assign_slots(["d"] * 19)) == 19      # IOAPIC pins 5..23
+    with pytest.raises(SpecError, match="too many virtio devices") as e:
+        builder.assign_slots(["d"] * 20)
+    assert e.value.field == "devices"

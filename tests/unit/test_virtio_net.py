@@ -128,7 +128,7 @@ class Rig:
         self.irq = CountingTrigger()
         self.transport = mmio.MmioTransport(self.net, mem, self.irq,
                                             loop=loop if isinstance(loop, EventLoop) else None)
-        if handler:                   # as kvmm.virtio.attach wires it
+        if handler:                   # as kvmm.builder wires it
             self.net.set_rx_handler(functools.partial(self.transport.process, netdev.RX_QUEUE))
         self.mmio = MmioDriver(self.transport)
         self.rxq = VirtqDriver.at(mem, queue_size, RX_RING)
@@ -622,10 +622,10 @@ def test_counting_only_limiters_see_every_frame_and_a_patch_takes_effect(mem):
     time throttles the next pass."""
     from kvmm.quota.bucket import TokenBucket
     from kvmm.quota.guest import GuestQuota
-    from kvmm.quota.limits import LimitSpec
+    from kvmm.spec import RateLimiterSpec
     quota = GuestQuota()
-    rx = quota.nic("n0", "rx", LimitSpec())
-    tx = quota.nic("n0", "tx", LimitSpec())
+    rx = quota.nic("n0", "rx", RateLimiterSpec())
+    tx = quota.nic("n0", "tx", None)
     r = Rig(mem, rx_limiter=rx, tx_limiter=tx)
     try:
         for n in (60, 100, 1400):

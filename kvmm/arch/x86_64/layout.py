@@ -78,6 +78,7 @@ PORT_BENCH = 0x441            # kvmm: writes dropped, reads 0 (exit microbenchma
 PORT_ACPI_SLEEP = 0x3C0       # kvmm: ACPI sleep control/status register (FADT); no VGA here
 
 # Legacy interrupt lines (ISA IRQs on the IOAPIC)
+IRQ_I8042_KBD = 1             # ISA IRQ 1: the PS/2 keyboard (Ctrl-Alt-Del)
 IRQ_COM1 = 4
 VIRTIO_IRQ_BASE = 5           # first IRQ given to virtio-mmio devices
 VIRTIO_IRQ_MAX = 23           # last IOAPIC pin

@@ -64,6 +64,7 @@ MAX_DISCARD_SEGMENTS = 32
 # max_discard_seg, discard_sector_alignment, max_write_zeroes_sectors,
 # max_write_zeroes_seg, write_zeroes_may_unmap, unused1[3].
 _CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+_CONFIG_CAPACITY = struct.Struct("<Q")          # capacity, the first field
 assert _CONFIG.size == 60
 
 
@@ -160,6 +161,19 @@ class Block(VirtioDevice):
         self.reads = self.writes = self.read_bytes = self.write_bytes = 0
         self.flushes = self.discards = self.write_zeroes = self.get_ids = 0
         self.errors = self.unsupported = self.throttled = 0
+
+    def replace_drive(self, drive: Drive) -> Drive:
+        """Put another image behind the device (Firecracker's PATCH /drives
+        path_on_host), on the I/O thread; returns the old Drive for the caller
+        to close. The capacity in the configuration space follows the new
+        image; the transport then tells the driver (config change interrupt)."""
+        if drive.read_only != self.read_only:
+            raise ValueError(f"drive {drive.id!r}: the new image must be "
+                             f"{'read-only' if self.read_only else 'writable'} like the old")
+        old, self.drive = self.drive, drive
+        self.capacity = drive.capacity
+        self.config = _CONFIG_CAPACITY.pack(drive.capacity) + self.config[_CONFIG_CAPACITY.size:]
+        return old
 
     # VirtioDevice. ------------------------------------------------------------
     def activate(self, queues: list[Queue], mem: GuestMemory,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import struct
 
-from kvmm.virtio.blk.drive import SECTOR_SHIFT, SECTOR_SIZE, SERIAL_MAX
+from kvmm.spec.devices import SERIAL_MAX
+from kvmm.virtio.blk.drive import SECTOR_SHIFT, SECTOR_SIZE
 from kvmm.virtio.errors import QueueError, VirtioError
 
 TYPE_CHECKING = False
@@ -103,6 +104,12 @@ class BlockRequest:
         self.nbytes = nbytes
         self.status = status
         self.segments = segments
+
+    @property
+    def cost_bytes(self) -> int:
+        """What the request costs a bandwidth bucket: its data for reads and
+        writes, nothing for the others (each costs one op)."""
+        return self.nbytes if self.type in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT) else 0
 
     def __repr__(self) -> str:
         return (f"BlockRequest(head={self.head}, type={self.type}, sector={self.sector}, "

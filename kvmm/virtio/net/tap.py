@@ -54,12 +54,10 @@ class TapError(OSError):
 
 
 def check_name(name: str) -> None:
-    if not name or len(name.encode()) >= IFNAMSIZ:
-        raise TapError(errno.EINVAL, f"TAP name {name!r} must be 1 to {IFNAMSIZ - 1} bytes "
-                                     "(the kernel's IFNAMSIZ)")
-    # net/core/dev.c dev_valid_name(): no '/', ':' or white space, not "." or ".."
-    if "/" in name or ":" in name or any(c.isspace() for c in name) or name in (".", ".."):
-        raise TapError(errno.EINVAL, f"TAP name {name!r} may not contain '/', ':' or spaces")
+    from kvmm.spec.devices import check_tap_name
+    problem = check_tap_name(name)
+    if problem:
+        raise TapError(errno.EINVAL, problem)
 
 
 def interface_index(name: str) -> int:
