@@ -359,7 +359,7 @@ def _create_vcpus(m: Machine, spec: VmSpec, kvm: Kvm, entry: int, stack: Cleanup
         vcpu = m.vm.create_vcpu(i)
         stack.callback(vcpu.close)
         m.vcpus.append(vcpu)
-        vcpu.set_cpuid2(setup.vcpu_cpuid(supported, i, count, hide))
+        vcpu.set_cpuid2(setup.vcpu_cpuid(supported, i, count, hide, spec.machine.smt))
         vcpu.set_msrs(setup.boot_msrs())
         setup.setup_lapic(vcpu)
     bsp = m.vcpus[0]

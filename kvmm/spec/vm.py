@@ -45,10 +45,10 @@ class MachineSpec(Spec):
     )
 
     def validate(self, where: str = "", labels=None) -> None:
-        if self.smt:
+        if self.smt and self.vcpu_count > 1 and self.vcpu_count % 2:
             raise SpecError(self.field_label(where, "smt", labels),
-                            "kvmm gives each vCPU its own core; SMT siblings are not "
-                            "offered (set smt to false)")
+                            f"with smt, vcpu_count must be 1 or even (two threads a core), "
+                            f"not {self.vcpu_count}")
 
     def to_json(self) -> dict:
         out = super().to_json()

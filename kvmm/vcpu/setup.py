@@ -95,10 +95,32 @@ def boot_msrs() -> dict[int, int]:
     }
 
 
+# Leaf 0xB/0x1F subleaf level types (Intel SDM vol. 2A, CPUID leaf 0BH: ECX[15:8]).
+TOPOLOGY_LEVEL_SMT = 1
+TOPOLOGY_LEVEL_CORE = 2
+
+
+def _topology_level(e, num_vcpus: int, threads: int) -> None:
+    """Leaf 0xB/0x1F subleaf `e.index`: SMT (threads per core), then core (the
+    package: every vCPU); EAX the x2APIC id shift to the next level."""
+    if e.index == 0:
+        e.eax, e.ebx, e.ecx = threads.bit_length() - 1, threads, TOPOLOGY_LEVEL_SMT << 8
+    elif e.index == 1:
+        e.eax = max(num_vcpus - 1, 0).bit_length()
+        e.ebx, e.ecx = num_vcpus, TOPOLOGY_LEVEL_CORE << 8 | 1
+    else:
+        e.eax = e.ebx = 0
+        e.ecx = e.index         # an invalid level ends the enumeration
+
+
 def vcpu_cpuid(supported: list[KvmCpuidEntry2], index: int, num_vcpus: int,
-               hide: frozenset[str] = frozenset()) -> list[KvmCpuidEntry2]:
+               hide: frozenset[str] = frozenset(), smt: bool = False
+               ) -> list[KvmCpuidEntry2]:
     """The CPUID table for vCPU `index`: KVM's supported set with this vCPU's
-    APIC id and topology, the hypervisor bit, and the features in `hide` cleared."""
+    APIC id and topology (with `smt`, vCPUs 2n and 2n+1 are the two threads of
+    core n, as Firecracker presents them), the hypervisor bit, and the features
+    in `hide` cleared."""
+    threads = 2 if smt and num_vcpus > 1 else 1
     unknown = set(hide) - set(HIDEABLE)
     if unknown:
         raise ValueError(f"cannot hide CPU feature(s) {', '.join(sorted(unknown))}; known: "
@@ -113,13 +135,14 @@ def vcpu_cpuid(supported: list[KvmCpuidEntry2], index: int, num_vcpus: int,
             if num_vcpus > 1:
                 e.edx |= CPUID_1_EDX_HTT
         elif e.function in (CPUID_LEAF_TOPOLOGY, CPUID_LEAF_TOPOLOGY_V2):
+            _topology_level(e, num_vcpus, threads)
             e.edx = index           # x2APIC id
         elif e.function == CPUID_LEAF_AMD_TOPOLOGY:
             # KVM reports zeros; Linux reads core ids here when TOPOEXT is set.
-            # EAX extended APIC id, EBX[7:0] core id (one thread per core),
-            # ECX node 0 of one node per package.
+            # EAX extended APIC id, EBX[7:0] core id, EBX[15:8] threads per
+            # core - 1, ECX node 0 of one node per package.
             e.eax = index
-            e.ebx = index & 0xFF
+            e.ebx = ((index // threads) & 0xFF) | ((threads - 1) << 8)
             e.ecx = 0
         elif e.function == CPUID_LEAF_CACHE:
             # EAX[31:26]: cores per package - 1

@@ -501,7 +501,7 @@ def test_tap_open_failures_exit_2_before_boot(netns, net_ok, case):
             holder.close()
     assert proc.returncode == 2, proc
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0] and f"tap={name}" in lines[0], proc.stderr
+    assert len(lines) == 1 and words in lines[0] and f"TAP {name}" in lines[0], proc.stderr
     assert "kvmm-guest" not in proc.stdout                 # nothing booted
 
 

@@ -204,7 +204,7 @@ def one_line_error(r, needle):
     (["--drive", "path={img},id=d0", "--rate-limit", "drive:d0=not json"], "JSON"),
     (["--drive", "path={img},id=d0", "--rate-limit",
       'drive:nope={"ops": {"size": 10, "refill_time": 100}}'], "drive:nope"),
-    (["--rate-limit", 'drive:x={"ops": {"size": 10, "refill_time": 100}}'], "no drive"),
+    (["--rate-limit", 'drive:x={"ops": {"size": 10, "refill_time": 100}}'], "has no 'drive:x'"),
     (["--cpu-quota", "-1"], "--cpu-quota"),
     (["--cpu-pin", "0,zero"], "--cpu-pin"),
     (["--vcpus", "2", "--cpu-pin", "0"], "--cpu-pin"),

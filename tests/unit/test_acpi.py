@@ -256,3 +256,24 @@ def test_cpuid_apic_ids_match_the_madt():
         assert leaves[0xB].edx == leaves[0x1F].edx == madt_ids[i]   # x2APIC id
         assert leaves[0x8000001E].eax == madt_ids[i]                # AMD extended APIC id
         assert leaves[0x8000001E].ebx & 0xFF == i                   # AMD core id
+
+
+def test_cpuid_smt_pairs_threads_into_cores():
+    """With smt, vCPUs 2n and 2n+1 are the threads of core n (leaf 0xB levels
+    and AMD's core ids); without, every vCPU is a core of one thread."""
+    from kvmm.ioctl.structs import KvmCpuidEntry2
+    from kvmm.vcpu import setup
+    supported = [KvmCpuidEntry2(function=f, index=sub, eax=0, ebx=0, ecx=0, edx=0)
+                 for f, sub in ((0xB, 0), (0xB, 1), (0x8000001E, 0))]
+    for smt, threads in ((True, 2), (False, 1)):
+        for i in range(4):
+            leaves = {(e.function, e.index): e for e in setup.vcpu_cpuid(supported, i, 4,
+                                                                          smt=smt)}
+            smt_level, core_level = leaves[(0xB, 0)], leaves[(0xB, 1)]
+            assert (smt_level.ebx, smt_level.ecx >> 8) == (threads, setup.TOPOLOGY_LEVEL_SMT)
+            assert smt_level.eax == threads.bit_length() - 1      # x2APIC id shift
+            assert (core_level.ebx, core_level.ecx >> 8) == (4, setup.TOPOLOGY_LEVEL_CORE)
+            assert core_level.eax == 2
+            amd = leaves[(0x8000001E, 0)]
+            assert amd.ebx & 0xFF == i // threads
+            assert (amd.ebx >> 8) & 0xFF == threads - 1

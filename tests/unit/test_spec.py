@@ -76,7 +76,7 @@ def test_machine_defaults_and_values():
     ({"mem_size_mib": MAX_MEM_MIB + 1}, "mem_size_mib", "more than kvmm maps"),
     ({"mem_size_mib": None}, "mem_size_mib", "not null"),
     ({"mem_size_mib": [64]}, "mem_size_mib", "not an array"),
-    ({"smt": True}, "smt", "SMT siblings are not offered"),
+    ({"smt": True, "vcpu_count": 3}, "smt", "must be 1 or even"),
     ({"smt": "no"}, "smt", "true or false"),
     ({"smt": None}, "smt", "not null"),
     ({"track_dirty_pages": 1}, "track_dirty_pages", "true or false"),

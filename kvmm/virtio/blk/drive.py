@@ -4,8 +4,9 @@ A drive is configured by a kvmm.spec.DriveSpec; `open_drives(specs)` opens,
 checks and locks every image, or raises one
 DriveError (a one-line message naming the drive and what to do) after closing
 whatever it had opened. Checks: the image exists, is a regular file or block
-device (not a directory), can be read, has a size that is a non-zero multiple
-of 512, is not given twice (same st_dev/st_ino), is writable unless `ro` is
+device (not a directory), can be read, has a size that is a multiple of 512
+(an empty image is a disk of no sectors, as Firecracker allows: orchestrators
+attach empty placeholders and change their path later), is not given twice (same st_dev/st_ino), is writable unless `ro` is
 given, and is not in use: an exclusive advisory lock (fcntl.flock), shared
 for read-only drives, keeps two monitors from writing one image.
 """
@@ -160,9 +161,6 @@ def open_drive(spec) -> Drive:
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             raise DriveError(f"{label}: the image changed while it was being opened; try again")
         size = os.lseek(fd, 0, os.SEEK_END) if is_blk else fst.st_size
-        if size == 0:
-            raise DriveError(f"{label}: the image is empty; give it a size "
-                             "(e.g. truncate -s 1G IMG)")
         if size % SECTOR_SIZE:
             raise DriveError(f"{label}: size {size} is not a multiple of {SECTOR_SIZE} bytes; "
                              f"resize it (truncate -s {(size + 511) // 512 * 512} IMG)")
