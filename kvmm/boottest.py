@@ -114,9 +114,11 @@ def kvm_problem() -> str | None:
     return None
 
 
-def watch(vmm, watcher: Watcher, start: float, wait_exit: bool = False) -> Outcome:
+def watch(vmm, watcher: Watcher, start: float, wait_exit: bool = False,
+          on_stopped=None) -> Outcome:
     """Watch a started kvmm.vmm.Vmm whose console feeds `watcher`, from `start`
-    (time.monotonic), until a verdict; the time limit is the spec's timeout."""
+    (time.monotonic), until a verdict; the time limit is the spec's timeout.
+    `on_stopped(vmm, reason)` runs once the guest stopped, before tear-down."""
     timeout = vmm.spec.host.timeout or DEFAULT_TIMEOUT
 
     def on_match(kind: str) -> None:
@@ -127,6 +129,8 @@ def watch(vmm, watcher: Watcher, start: float, wait_exit: bool = False) -> Outco
     try:
         left = timeout - (time.monotonic() - start)     # the timeout counts from `start`
         reason = vmm.wait(max(round(left, 3), 0.001))
+        if on_stopped is not None:
+            on_stopped(vmm, reason)
         m = vmm.machine
         console = bytes(m.console.captured or b"")
         report = list(m.report_lines)

@@ -7,9 +7,10 @@ nothing of KVM exists yet, so a bad image or TAP costs no guest RAM.
 `build(spec, prepared, loop)` then makes the VM: memory, the kernel, the boot
 tables, the legacy devices, one virtio device per device spec, the vCPUs.
 
-A device kind is one entry of DEVICE_KINDS: its spec class's `kind`, the
-function that opens the host side of a list of specs (all or none), and the
-function that makes the device from an opened backend.
+A device type is a spec class (kvmm/spec/) and a device module: the spec's
+`device_module` names the module, which provides `open_backends(specs)` (the
+host side of those specs: images, TAPs...; all or none) and
+`make_device(machine, backend, quota) -> (device, after_attach or None)`.
 """
 from __future__ import annotations
 
@@ -48,46 +49,6 @@ class DeviceSlot:
         return layout.VIRTIO_MMIO_SIZE
 
 
-def _open_drives(specs):
-    from kvmm.virtio.blk import open_drives
-    return open_drives(specs)
-
-
-def _make_block(m: Machine, drive, quota):
-    from kvmm.virtio.blk import Block
-    limiter = quota.drive(drive.id, drive.spec.rate_limiter) if quota is not None else None
-    return Block(drive, limiter=limiter), None
-
-
-def _open_nets(specs):
-    from kvmm.virtio.net import open_nets
-    return open_nets(specs)
-
-
-def _make_net(m: Machine, nic, quota):
-    import functools
-
-    from kvmm.virtio.net import Net
-    from kvmm.virtio.net.device import RX_QUEUE
-    rx = tx = None
-    if quota is not None:         # limiters net:ID:rx and net:ID:tx (kvmm.quota.guest)
-        rx = quota.nic(nic.id, "rx", nic.spec.rx_rate_limiter)
-        tx = quota.nic(nic.id, "tx", nic.spec.tx_rate_limiter)
-    net = Net(nic.tap, mac=nic.mac, net_id=nic.id, loop=m.loop, mtu=nic.mtu,
-              rx_limiter=rx, tx_limiter=tx)
-
-    def after_attach(transport) -> None:
-        net.set_rx_handler(functools.partial(transport.process, RX_QUEUE))
-    return net, after_attach
-
-
-# kind -> (open the host side of these specs, all or none; make the device)
-DEVICE_KINDS = {
-    "virtio-blk": (_open_drives, _make_block),
-    "virtio-net": (_open_nets, _make_net),
-}
-
-
 class Prepared:
     """Everything checked and opened before a VM exists. `kernel` is a
     kvmm.boot.loader BootImage (ELF or bzImage); `devices` the DeviceSlots
@@ -111,6 +72,11 @@ class Prepared:
 
     def close(self) -> None:
         self.cleanup.close()
+
+
+def device_module(spec):
+    """The module that opens and makes the device of a device spec."""
+    return __import__(spec.device_module, fromlist=["make_device"])
 
 
 def read_kernel(path: str) -> bytes:
@@ -201,8 +167,7 @@ def _prepare(spec: VmSpec, p: Prepared) -> None:
     for d in p.devices:
         by_kind.setdefault(d.spec.kind, []).append(d)
     for kind, slots in by_kind.items():
-        opener = DEVICE_KINDS[kind][0]
-        backends = opener([d.spec for d in slots])
+        backends = device_module(slots[0].spec).open_backends([d.spec for d in slots])
         for d, backend in zip(slots, backends):
             d.backend = backend
             p.cleanup.callback(backend.close)
@@ -336,7 +301,7 @@ def _add_virtio_devices(m: Machine, spec: VmSpec, prep: Prepared, stack: Cleanup
         quota.set_group(target, limit)
     vm = m.vm
     for d in prep.devices:
-        device, after_attach = DEVICE_KINDS[d.spec.kind][1](m, d.backend, quota)
+        device, after_attach = device_module(d.spec).make_device(m, d.backend, quota)
         irq = EventFdTrigger(d.gsi)
         stack.callback(irq.close)
         vm.register_irqfd(irq.fd, d.gsi)     # KVM keeps its own reference: closing is safe
@@ -388,5 +353,5 @@ def _enter_cgroup(m: Machine, spec: VmSpec, stack: Cleanup) -> None:
     stack.essential(m.cgroup.close)
 
 
-__all__ = ["DEVICE_KINDS", "DeviceSlot", "Prepared", "assign_slots", "build", "prepare",
+__all__ = ["DeviceSlot", "device_module", "Prepared", "assign_slots", "build", "prepare",
            "read_kernel", "BootError"]

@@ -276,7 +276,10 @@ def boot_test_command(args: Namespace, start: float) -> int:
                             console_observer=watcher.feed)
     if vmm is None:
         return 1 if status == EXIT_MONITOR else status
-    outcome = boottest.watch(vmm, watcher, start, wait_exit=args.wait_exit)
+    stats_file = spec.host.stats_file
+    outcome = boottest.watch(vmm, watcher, start, wait_exit=args.wait_exit,
+                             on_stopped=(lambda v, reason: _write_stats(stats_file, v, reason))
+                             if stats_file else None)
     boottest.report(outcome, quiet=args.quiet)
     if args.junit:
         try:

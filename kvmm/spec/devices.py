@@ -2,8 +2,9 @@
 with Firecracker's JSON field names. The CLI forms (`--drive path=IMG,ro,id=X`,
 `--net tap=NAME,mac=MAC,id=X`) build the same specs through the same checks.
 
-A device spec also says how the builder makes its device (`kind`, and the
-kvmm.virtio module that opens its host side); the builder assigns its slot.
+A device spec also says how the builder makes its device: `kind` names it,
+`device_module` is the module that opens its host side and makes the device
+(kvmm.builder); the builder assigns its slot.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class DriveSpec(Spec):
     """A virtio-blk disk backed by a raw image file or block device
     (Firecracker's `Drive`, plus kvmm's `serial`)."""
     kind = "virtio-blk"
+    device_module = "kvmm.virtio.blk"
     FIELDS = (
         Field("drive_id", str, None, required=True, check=check_id, cli="id"),
         Field("path_on_host", str, None, required=True, check=_check_path, cli="path"),
@@ -115,6 +117,7 @@ def check_tap_name(name: str) -> str | None:
 class NetworkInterfaceSpec(Spec):
     """A virtio-net NIC on a host TAP interface (Firecracker's `NetworkInterface`)."""
     kind = "virtio-net"
+    device_module = "kvmm.virtio.net"
     FIELDS = (
         Field("iface_id", str, None, required=True, check=check_id, cli="id"),
         Field("host_dev_name", str, None, required=True, check=check_tap_name, cli="tap"),
