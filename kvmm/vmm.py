@@ -25,6 +25,7 @@ from kvmm.spec import (
     BootSourceSpec, DriveSpec, LoggerSpec, MachineSpec, MetricsSpec, MmdsConfigSpec,
     NetworkInterfaceSpec, RateLimiterSpec, SpecError, VmSpec,
 )
+from kvmm.spec.devices import PartialDriveSpec, PartialNetworkInterfaceSpec
 
 NOT_STARTED = "Not started"
 RUNNING = "Running"
@@ -250,24 +251,17 @@ class Vmm:
         """Firecracker's PartialDrive after the start: a new image path and/or a
         rate limiter (a bucket left out stays; size 0 removes it)."""
         m = self._running("PATCH /drives")
-        if not isinstance(body, dict):
-            raise SpecError("drive", "must be a JSON object")
-        unknown = set(body) - {"drive_id", "path_on_host", "rate_limiter"}
-        if unknown:
-            raise SpecError("drive", f"unknown field(s) {', '.join(sorted(unknown))}; a PATCH "
-                                     "may change path_on_host and rate_limiter")
+        patch = PartialDriveSpec.from_json(body, "drive")
         spec = _find(self.spec.drives, "drive_id", drive_id, "drive")
-        limiter = None
-        if body.get("rate_limiter") is not None:
-            limiter = RateLimiterSpec.from_json(body["rate_limiter"], "drive.rate_limiter")
-        path = body.get("path_on_host")
-        if path is not None:
-            if not isinstance(path, str) or not path:
-                raise SpecError("drive.path_on_host", "must be a non-empty string")
-            self._replace_image(m, spec, path)
-        if limiter is not None:
-            m.quota.patch(f"drive:{drive_id}", limiter)
-            spec.rate_limiter = (spec.rate_limiter or RateLimiterSpec()).merged(limiter)
+        if patch.path_on_host is not None:
+            self._replace_image(m, spec, patch.path_on_host)
+        if patch.rate_limiter is not None:
+            self._patch_limiter(m, f"drive:{drive_id}", spec, "rate_limiter", patch.rate_limiter)
+
+    def _patch_limiter(self, m, target: str, spec, field: str, limiter) -> None:
+        """Apply a PATCH to the live limiter `target`, and record it in `spec.field`."""
+        m.quota.patch(target, limiter)
+        setattr(spec, field, (getattr(spec, field) or RateLimiterSpec()).merged(limiter))
 
     def _replace_image(self, m, spec: DriveSpec, path: str) -> None:
         from kvmm.virtio.blk import open_drive
@@ -285,25 +279,15 @@ class Vmm:
         spec.path_on_host = path
 
     def patch_network_interface(self, iface_id: str, body) -> None:
+        """Firecracker's PartialNetworkInterface after the start: rate limiters."""
         m = self._running("PATCH /network-interfaces")
-        if not isinstance(body, dict):
-            raise SpecError("network-interface", "must be a JSON object")
-        unknown = set(body) - {"iface_id", "rx_rate_limiter", "tx_rate_limiter"}
-        if unknown:
-            raise SpecError("network-interface", f"unknown field(s) "
-                            f"{', '.join(sorted(unknown))}; a PATCH may change "
-                            "rx_rate_limiter and tx_rate_limiter")
+        patch = PartialNetworkInterfaceSpec.from_json(body, "network-interface")
         spec = _find(self.spec.network_interfaces, "iface_id", iface_id, "network interface")
-        changes = {}
         for direction in ("rx", "tx"):
-            key = f"{direction}_rate_limiter"
-            if body.get(key) is not None:
-                changes[direction] = RateLimiterSpec.from_json(body[key],
-                                                               f"network-interface.{key}")
-        for direction, limiter in changes.items():
-            m.quota.patch(f"net:{iface_id}:{direction}", limiter)
-            key = f"{direction}_rate_limiter"
-            setattr(spec, key, (getattr(spec, key) or RateLimiterSpec()).merged(limiter))
+            field = f"{direction}_rate_limiter"
+            limiter = getattr(patch, field)
+            if limiter is not None:
+                self._patch_limiter(m, f"net:{iface_id}:{direction}", spec, field, limiter)
 
     def patch_rate_limiter(self, target: str, body) -> None:
         """kvmm's own: any limiter by target (drive:ID, net:ID:rx|tx, drives, nets:rx|tx)."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from kvmm.api.http import DEFAULT_MAX_BODY, HttpServer, Response, fault
+from kvmm.spec.base import json_kind
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ def parse_body(body: bytes) -> dict:
         raise ApiError(MSG_DESERIALIZE.format(f"not valid JSON ({e})")) from None
     if not isinstance(obj, dict):
         raise ApiError(MSG_DESERIALIZE.format(
-            f"expected a JSON object, got {_json_type(obj)}"))
+            f"expected a JSON object, got {json_kind(obj)}"))
     return obj
 
 
@@ -345,26 +346,12 @@ def _required_str(obj: dict, field: str) -> str:
     value = obj[field]
     if not isinstance(value, str):
         raise ApiError(MSG_DESERIALIZE.format(
-            f"invalid type for `{field}`: {_json_type(value)}, expected a string"))
+            f"invalid type for `{field}`: {json_kind(value)}, expected a string"))
     return value
 
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
-
-
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _path_of(target: str) -> str:

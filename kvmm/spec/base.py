@@ -89,7 +89,7 @@ class Spec:
         """Build from a parsed JSON object; raise SpecError naming `where.field`
         (or `labels[field]`, e.g. the CLI flag the value came from)."""
         if not isinstance(obj, dict):
-            raise SpecError(where, f"must be a JSON object, not {_json_kind(obj)}")
+            raise SpecError(where, f"must be a JSON object, not {json_kind(obj)}")
         known = {f.name: f for f in cls.FIELDS}
         unknown = [k for k in obj if k not in known]
         if unknown:
@@ -231,7 +231,8 @@ class Spec:
         return f"{type(self).__name__}({inner})"
 
 
-def _json_kind(value) -> str:
+def json_kind(value) -> str:
+    """How an error message names a JSON value's type."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -255,14 +256,14 @@ def _convert(f: Field, value, label: str):
         return kind.from_json(value, label)
     if kind is int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise SpecError(label, f"must be a whole number, not {_json_kind(value)}")
+            raise SpecError(label, f"must be a whole number, not {json_kind(value)}")
         if f.minimum is not None and value < f.minimum:
             raise SpecError(label, f"{value} is below the minimum {f.minimum}")
         if f.maximum is not None and value > f.maximum:
             raise SpecError(label, f"{value} is above the maximum {f.maximum}")
     elif kind is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise SpecError(label, f"must be a number, not {_json_kind(value)}")
+            raise SpecError(label, f"must be a number, not {json_kind(value)}")
         if value != value or value in (float("inf"), float("-inf")):
             raise SpecError(label, f"must be a finite number, not {value}")
         value = float(value)
@@ -272,16 +273,16 @@ def _convert(f: Field, value, label: str):
             raise SpecError(label, f"{value:g} is above the maximum {f.maximum:g}")
     elif kind is list:
         if not isinstance(value, list):
-            raise SpecError(label, f"must be an array, not {_json_kind(value)}")
+            raise SpecError(label, f"must be an array, not {json_kind(value)}")
         item = Field(f.name, f.item, nullable=False, minimum=f.minimum, maximum=f.maximum,
                      choices=f.choices)
         return tuple(_convert(item, v, f"{label}[{i}]") for i, v in enumerate(value))
     elif kind is bool:
         if not isinstance(value, bool):
-            raise SpecError(label, f"must be true or false, not {_json_kind(value)}")
+            raise SpecError(label, f"must be true or false, not {json_kind(value)}")
     elif kind is str:
         if not isinstance(value, str):
-            raise SpecError(label, f"must be a string, not {_json_kind(value)}")
+            raise SpecError(label, f"must be a string, not {json_kind(value)}")
         if "\0" in value:
             raise SpecError(label, "contains a NUL character")
     if f.choices is not None and value not in f.choices:

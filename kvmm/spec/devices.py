@@ -77,6 +77,16 @@ class DriveSpec(Spec):
         return f"drive {self.drive_id!r} ({self.path_on_host})"
 
 
+class PartialDriveSpec(Spec):
+    """Firecracker's PartialDrive: what PATCH /drives/{id} may change on a
+    running guest (a new image, the rate limiter)."""
+    FIELDS = (
+        Field("drive_id", str, None, required=True, check=check_id),
+        Field("path_on_host", str, None, check=_check_path),
+        Field("rate_limiter", RateLimiterSpec),
+    )
+
+
 def parse_mac(text: str, label: str = "guest_mac") -> bytes:
     """'06:00:ac:10:00:02' -> 6 bytes: a unicast address, not all zeros."""
     parts = text.split(":")
@@ -155,3 +165,13 @@ class NetworkInterfaceSpec(Spec):
     @property
     def label(self) -> str:
         return f"network interface {self.iface_id!r} (TAP {self.host_dev_name})"
+
+
+class PartialNetworkInterfaceSpec(Spec):
+    """Firecracker's PartialNetworkInterface: what PATCH /network-interfaces/{id}
+    may change on a running guest (the rate limiters)."""
+    FIELDS = (
+        Field("iface_id", str, None, required=True, check=check_id),
+        Field("rx_rate_limiter", RateLimiterSpec),
+        Field("tx_rate_limiter", RateLimiterSpec),
+    )
