@@ -160,8 +160,8 @@ class DirectoryWatch:
                 os.close(self.fd)
             raise OSError(err, os.strerror(err))
 
-    def read(self, name: str) -> None:
-        """Drain the pending events (whichever entries they name)."""
+    def drain(self) -> None:
+        """Read the pending events: any creation is a reason to try again."""
         try:
             while os.read(self.fd, READ_CHUNK):
                 pass
@@ -260,7 +260,6 @@ class Child:
         """Connect to the API socket as soon as it accepts: sleep until its file
         exists (no polling that would take CPU from the monitor), then retry
         the short gap between bind() and listen()."""
-        name = os.path.basename(path)
         while True:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
@@ -273,7 +272,7 @@ class Child:
                 raise self.failure("exited before its API socket accepted")
             if missing and created is not None:
                 if created.fd in self.poll([created.fd], self.remaining()):
-                    created.read(name)
+                    created.drain()
             else:
                 self.poll([], SOCKET_POLL)
 

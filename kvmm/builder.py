@@ -179,11 +179,12 @@ def _prepare(spec: VmSpec, p: Prepared) -> None:
 def build(spec: VmSpec, prepared: Prepared, loop, kvm: Kvm | None = None,
           start_time: float | None = None, console_capture: bool = False,
           interactive: bool = False, vcpu_name: str = "kvmm-vcpu{}",
-          console_observer=None) -> Machine:
+          console_observer=None, build_start: float | None = None) -> Machine:
     """Create and wire a VM for `spec` from `prepared` (whose resources it takes
     over); the vCPUs do not run until Machine.start(). `loop` is the monitor's
     kvmm.eventloop.EventLoop, which the devices join."""
     m = Machine(spec, start_time, vcpu_name=vcpu_name)
+    m.build_started = build_start
     m.loop = loop
     stack = m._cleanup
     stack.callback(prepared.close)

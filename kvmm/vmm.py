@@ -63,6 +63,8 @@ class Vmm:
         self.mmds_size_limit = mmds_size_limit
         self.on_ready = None            # called with seconds from start to the guest's ready
         self.stop_reason: StopReason | None = None
+        self.build_started: float | None = None     # time.monotonic() at InstanceStart
+        self.build_started_cpu = 0.0
         self._stopped = threading.Event()
         self._loop_started = False
         # vCPUs are kicked out of KVM_RUN with a signal whose handler only the
@@ -195,12 +197,15 @@ class Vmm:
         if self.started:
             raise ActionError("the microVM is already running")
         from kvmm import builder
+        self.build_started = time.monotonic()
+        self.build_started_cpu = time.process_time()
         prepared = prepared or builder.prepare(self.spec)
         try:
             m = builder.build(self.spec, prepared, self.event_loop(), start_time=self.start_time,
                               console_capture=self.console_capture,
                               interactive=self.interactive, vcpu_name=self.vcpu_name,
-                              console_observer=self.console_observer)
+                              console_observer=self.console_observer,
+                              build_start=self.build_started)
         except BaseException:
             prepared.close()
             raise
@@ -214,8 +219,17 @@ class Vmm:
         m.start()
 
     def _guest_ready(self, seconds: float) -> None:
+        """The guest wrote the boot-timer port, `seconds` after the monitor started."""
         if self.on_ready is not None:
             self.on_ready(seconds)
+
+    def boot_time(self) -> tuple[float, float] | None:
+        """(wall seconds, CPU seconds) from the start of the VM build (InstanceStart)
+        to now, as Firecracker's boot timer counts; None before the build."""
+        if self.build_started is None:
+            return None
+        return (time.monotonic() - self.build_started,
+                time.process_time() - self.build_started_cpu)
 
     def _machine_stopped(self, reason: StopReason) -> None:
         self.stop_reason = reason

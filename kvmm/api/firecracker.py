@@ -25,15 +25,17 @@ kvmm's own extensions live under `/kvmm/` (allowed only after boot):
 from __future__ import annotations
 
 import json
-import logging
-import urllib.parse
-from dataclasses import dataclass
-from enum import Enum
 
 from kvmm.api.http import DEFAULT_MAX_BODY, HttpServer, Response, fault
 from kvmm.spec.base import json_kind
 
-log = logging.getLogger(__name__)
+
+
+def _log():
+    """This module's logger (logging is imported on first use: the API's start-up
+    path stays lean)."""
+    import logging
+    return logging.getLogger(__name__)
 
 # Messages as Firecracker words them (parsed_request.rs, request/*.rs, rpc_interface.rs).
 MSG_POST_BOOT = "The requested operation is not supported after starting the microVM."
@@ -70,28 +72,52 @@ UNSUPPORTED = {
 }
 
 
-class Phase(Enum):
+def _split(path: str) -> list[str]:
+    """Path segments as Firecracker takes them: leading slashes trimmed, one trailing
+    empty segment dropped ("/" -> [], "/drives/" -> ["drives"])."""
+    segments = path.lstrip("/").split("/")
+    if segments and segments[-1] == "":
+        segments.pop()
+    return segments
+
+
+class Phase:
     """When a route may be used, relative to InstanceStart."""
-    PRE = "pre-boot"
-    POST = "post-boot"
-    ANY = "any"
-    PER_ACTION = "per action"     # PUT /actions: each action_type has its own rule
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
 
     def allows(self, started: bool) -> bool:
         return self is Phase.ANY or (self is Phase.PRE) != started
 
+    def __repr__(self) -> str:
+        return f"Phase({self.name!r})"
 
-@dataclass(frozen=True)
+
+Phase.PRE = Phase("pre-boot")
+Phase.POST = Phase("post-boot")
+Phase.ANY = Phase("any")
+Phase.PER_ACTION = Phase("per action")     # PUT /actions: each action_type has its own rule
+
+
 class Route:
-    method: str
-    pattern: str          # "/drives/{drive_id}": one {name} stands for one path segment
-    phase: Phase
-    handler: str          # name of the FirecrackerApi method that serves it
-    id_field: str | None = None   # the body field that must repeat the path id
+    """One route: `pattern` "/drives/{drive_id}" (one {name} stands for one path
+    segment), the FirecrackerApi method that serves it, and the body field that
+    must repeat the path id."""
+    __slots__ = ("method", "pattern", "phase", "handler", "id_field", "segments")
 
-    @property
-    def segments(self) -> list[str]:
-        return _split(self.pattern)
+    def __init__(self, method: str, pattern: str, phase: Phase, handler: str,
+                 id_field: str | None = None):
+        self.method = method
+        self.pattern = pattern
+        self.phase = phase
+        self.handler = handler
+        self.id_field = id_field
+        self.segments = _split(pattern)
+
+    def __repr__(self) -> str:
+        return f"Route({self.method} {self.pattern})"
 
 
 ROUTES: tuple[Route, ...] = (
@@ -123,7 +149,7 @@ ROUTES: tuple[Route, ...] = (
 
 # PUT /actions: action_type -> (when it is allowed, the vmm method it calls).
 ACTIONS: dict[str, tuple[Phase, str]] = {
-    "FlushMetrics": (Phase.POST, "flush_metrics"),
+    "FlushMetrics": (Phase.ANY, "flush_metrics"),
     "InstanceStart": (Phase.PRE, "instance_start"),
     "SendCtrlAltDel": (Phase.POST, "send_ctrl_alt_del"),
 }
@@ -163,13 +189,13 @@ class FirecrackerApi:
                 raise ApiError(MSG_POST_BOOT if self.vmm.started else MSG_PRE_BOOT)
             return getattr(self, route.handler)(params, self._body_of(route, params, body))
         except ApiError as e:
-            log.info("%s %s: %d %s", method, path, e.status, e)
+            _log().info("%s %s: %d %s", method, path, e.status, e)
             return fault(e.status, str(e))
         except ValueError as e:
-            log.info("%s %s: 400 %s", method, path, e)
+            _log().info("%s %s: 400 %s", method, path, e)
             return fault(400, str(e) or type(e).__name__)
         except Exception as e:
-            log.exception("%s %s: internal error", method, path)
+            _log().exception("%s %s: internal error", method, path)
             return fault(500, f"Internal error in kvmm while handling {method} {path}: "
                               f"{type(e).__name__}: {e}")
 
@@ -358,17 +384,9 @@ def _path_of(target: str) -> str:
     """The path of a request target, origin form ("/a?q") or absolute form
     ("http://localhost/a"), without its query."""
     if not target.startswith("/") and "://" in target:
-        target = urllib.parse.urlsplit(target).path or "/"
-    return target.split("?", 1)[0]
-
-
-def _split(path: str) -> list[str]:
-    """Path segments as Firecracker takes them: leading slashes trimmed, one trailing
-    empty segment dropped ("/" -> [], "/drives/" -> ["drives"])."""
-    segments = path.lstrip("/").split("/")
-    if segments and segments[-1] == "":
-        segments.pop()
-    return segments
+        rest = target.split("://", 1)[1]              # authority, then the path
+        target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    return target.split("?", 1)[0].split("#", 1)[0]
 
 
 def _match(pattern: list[str], segments: list[str]) -> dict[str, str] | None:

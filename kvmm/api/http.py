@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import select
 import socket
@@ -44,7 +43,12 @@ from typing import Any, NamedTuple
 
 import h11
 
-log = logging.getLogger(__name__)
+
+
+def _log():
+    """This module's logger (logging is imported on first use)."""
+    import logging
+    return logging.getLogger(__name__)
 
 # Firecracker's default API payload limit (src/vmm/src/lib.rs HTTP_MAX_PAYLOAD_SIZE),
 # changed with --http-api-max-payload-size.
@@ -124,12 +128,12 @@ class HttpServer:
             except OSError as e:
                 # EMFILE and the like. The listening socket stays readable, so stop
                 # watching it for a moment rather than spin; the backlog keeps the rest.
-                log.warning("%s: cannot accept a connection: %s", self.path, e.strerror)
+                _log().warning("%s: cannot accept a connection: %s", self.path, e.strerror)
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(ACCEPT_RETRY, self._resume_accept)
                 return
             if len(self._conns) >= self.max_connections:
-                log.warning("%s: %d connections open already; closing a new one",
+                _log().warning("%s: %d connections open already; closing a new one",
                             self.path, len(self._conns))
                 sock.close()
                 continue
@@ -292,7 +296,7 @@ class _Connection:
                 raise ValueError(f"the handler answered status {status}")
             payload = b"" if response.body is None else json.dumps(response.body).encode()
         except Exception:
-            log.exception("%s: handling %s %s failed", self.server.path, method, target)
+            _log().exception("%s: handling %s %s failed", self.server.path, method, target)
             status, payload = 500, json.dumps({
                 "fault_message": f"Internal error while handling {method} {target}; "
                                  "the kvmm log has the details."}).encode()
@@ -301,7 +305,7 @@ class _Connection:
     def fail(self, status: int, message: str) -> None:
         """Answer an error the connection cannot recover from, then close it."""
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            log.info("%s: %s", self.server.path, message)
+            _log().info("%s: %s", self.server.path, message)
             self.send(status, json.dumps({"fault_message": message}).encode(), close=True)
         self.closing = True
 
@@ -323,7 +327,7 @@ class _Connection:
                 data += self.h11.send(h11.Data(data=payload))
             data += self.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as e:
-            log.error("%s: cannot answer %d: %s", self.server.path, status, e)
+            _log().error("%s: cannot answer %d: %s", self.server.path, status, e)
             self.drop()
             return
         self.out += data
@@ -387,7 +391,7 @@ class _Connection:
             return
         idle = time.monotonic() - self.last_write
         if idle >= self.server.write_timeout:
-            log.info("%s: a client read nothing for %.0f s; dropping it",
+            _log().info("%s: a client read nothing for %.0f s; dropping it",
                      self.server.path, idle)
             self.drop()
             return
@@ -418,7 +422,7 @@ class _Connection:
     def on_request_timer(self) -> None:
         self.request_timer = None
         if not self.dead:
-            log.info("%s: a request did not arrive whole within %.0f s; dropping the client",
+            _log().info("%s: a request did not arrive whole within %.0f s; dropping the client",
                      self.server.path, self.server.request_timeout)
             self.drop()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from kvmm.cli.options import Option
@@ -51,7 +52,11 @@ def stats_command(args, start: float) -> int:
     answer, status = _call(args, "GET", "/kvmm/stats")
     if status is not None:
         return status
-    print(json.dumps(answer, indent=1, sort_keys=True))
+    try:
+        print(json.dumps(answer, indent=1, sort_keys=True))
+        sys.stdout.flush()
+    except BrokenPipeError:         # e.g. `kvmm stats ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

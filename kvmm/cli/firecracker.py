@@ -122,6 +122,9 @@ def command(args, start: float) -> int:
             vmm.put_mmds(_read_json(args.metadata, "--metadata"))
     except (SpecError, ValueError) as e:
         return _die(str(e))
+    if log is None and args.boot_timer:     # the boot time is said even with no logger
+        from kvmm.spec import LoggerSpec as _LoggerSpec
+        log = _configure_logger(vmm, _LoggerSpec(log_path="/dev/stderr", level="Info"))
     if log is None:
         import logging
         log = logging.getLogger("kvmm.firecracker")
@@ -130,19 +133,11 @@ def command(args, start: float) -> int:
         log.warning("--seccomp-filter %s: kvmm does not apply seccomp filters yet",
                     args.seccomp_filter)
     if args.boot_timer:
-        vmm.on_ready = lambda seconds: log.info(
-            "Guest-boot-time = %6d us %d ms", seconds * 1e6, seconds * 1e3)
-    if not args.no_api:
-        from kvmm.api.firecracker import serve
-        try:
-            vmm.api = serve(args.api_sock, vmm.event_loop(), vmm,
-                            max_body=args.http_api_max_payload_size)
-        except OSError as e:
-            return _die(str(e), EXIT_ERROR)
-        vmm.start_loop()
+        vmm.on_ready = lambda _seconds: _log_boot_time(vmm, log)
     from kvmm.cli.run import install_stop_signals
     install_stop_signals(vmm)
     if args.config_file:
+        # As Firecracker: the microVM is built and started before the API serves.
         from kvmm.ioctl import HostNotSupported, KvmError
         try:
             vmm.instance_start()
@@ -152,7 +147,25 @@ def command(args, start: float) -> int:
         except (KvmError, OSError) as e:
             vmm.release_for_exit()
             return _die(f"could not create the microVM: {e}", EXIT_ERROR)
+    if not args.no_api:
+        from kvmm.api.firecracker import serve
+        try:
+            vmm.api = serve(args.api_sock, vmm.event_loop(), vmm,
+                            max_body=args.http_api_max_payload_size)
+        except OSError as e:
+            vmm.stop(1, str(e))
+            vmm.release_for_exit()
+            return _die(str(e), EXIT_ERROR)
+        vmm.start_loop()
     return _serve_until_stopped(vmm, log)
+
+
+def _log_boot_time(vmm, log) -> None:
+    """Firecracker's boot-timer line: wall and CPU time from InstanceStart (the
+    start of the VM build) to the guest's ready write."""
+    wall, cpu = vmm.boot_time()
+    log.info("Guest-boot-time = %6d us %d ms, %6d CPU us %d CPU ms", wall * 1e6, wall * 1e3,
+             cpu * 1e6, cpu * 1e3)
 
 
 def _serve_until_stopped(vmm, log) -> int:

@@ -165,12 +165,14 @@ def start_vmm(spec: VmSpec, args: Namespace, start: float, *, console_capture: b
     from kvmm.ioctl import HostNotSupported, KvmError
     try:
         vmm.instance_start(prepared)
-    except HostNotSupported as e:
-        return None, die(str(e))
-    except (BootError, ValueError) as e:
-        return None, die(str(e))
-    except (KvmError, OSError) as e:
-        return None, die(f"could not create the VM: {e}", EXIT_MONITOR)
+    except BaseException as e:
+        if vmm.api is not None:
+            vmm.api.close()             # no socket is left behind
+        if isinstance(e, (HostNotSupported, BootError, ValueError)):
+            return None, die(str(e))
+        if isinstance(e, (KvmError, OSError)):
+            return None, die(f"could not create the VM: {e}", EXIT_MONITOR)
+        raise
     install_stop_signals(vmm)
     return vmm, None
 

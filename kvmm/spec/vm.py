@@ -11,6 +11,7 @@ from kvmm.spec.base import Field, Spec, SpecError
 from kvmm.spec.devices import DriveSpec, NetworkInterfaceSpec, format_mac, parse_mac
 from kvmm.spec.ratelimit import RateLimiterSpec
 
+MAX_VCPUS = 32               # Firecracker's MAX_SUPPORTED_VCPUS
 MIN_MEM_MIB = 2
 MAX_MEM_MIB = (layout.PD_MAX_PAGES * layout.GiB
                - (layout.MMIO_GAP_END - layout.MMIO_GAP_START)) >> 20
@@ -34,7 +35,7 @@ def _check_mem(mib: int) -> str | None:
 class MachineSpec(Spec):
     """Firecracker's MachineConfiguration."""
     FIELDS = (
-        Field("vcpu_count", int, 1, required=True, minimum=1, maximum=layout.MAX_VCPUS,
+        Field("vcpu_count", int, 1, required=True, minimum=1, maximum=MAX_VCPUS,
               nullable=False),
         Field("mem_size_mib", int, DEFAULT_MEM_MIB, required=True, check=_check_mem,
               nullable=False),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,7 @@ STALL_ANSWER_SECONDS = 2.0       # another client's answer while one stalls
 # schemathesis: examples per operation and state, and a time budget per state
 # after which the remaining cases send nothing (the run stays bounded on a slow
 # machine; the number sent is checked to be non-trivial).
-EXAMPLES = 15
+EXAMPLES = 25
 STATE_BUDGET_SECONDS = 30.0
 
 # Body fields that name host files: generated values are moved into the test's
@@ -162,7 +163,7 @@ class Monitor:
 
     def stop(self) -> None:
         if self.fc.proc.poll() is None:
-            self.fc.signal(15)
+            self.fc.signal(signal.SIGTERM)
             try:
                 self.fc.wait()
             finally:
@@ -301,29 +302,30 @@ def test_schemathesis_left_the_guest_running(running_monitor):
 # 2. Bad input against a running guest. -------------------------------------------
 BAD_FIELDS = [
     # (method, path, body, a word the fault_message must hold)
-    ("PATCH", "/vm", {"state": 1}, "state"),
-    ("PUT", "/actions", {"action_type": ["InstanceStart"]}, "action_type"),
-    ("PUT", "/actions", {"action_type": "FlushMetrics", "colour": "red"}, "colour"),
-    ("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": 7}, "path_on_host"),
+    ("PATCH", "/vm", {"state": 1}, "`state`"),
+    ("PUT", "/actions", {"action_type": ["InstanceStart"]}, "`action_type`"),
+    ("PUT", "/actions", {"action_type": "FlushMetrics", "colour": "red"}, "`colour`"),
+    ("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": 7}, "drive.path_on_host"),
     ("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "is_read_only": True}, "is_read_only"),
     ("PATCH", "/drives/rootfs",
      {"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": "lots", "refill_time": 100}}},
-     "size"),
+     "rate_limiter.bandwidth.size"),
     ("PATCH", "/drives/rootfs",
      {"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 10, "refill_time": -1}}},
-     "refill_time"),
+     "rate_limiter.ops.refill_time"),
     ("PATCH", "/drives/rootfs",
      {"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 2 ** 64, "refill_time": 100}}},
-     "size"),
+     "rate_limiter.ops.size"),
     ("PATCH", "/drives/rootfs",
      {"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 10, "refill_time": 100,
                                                     "burst": 5}}},
      "burst"),
     ("PATCH", "/kvmm/rate-limiters/drive:rootfs",
-     {"bandwidth": {"size": 1 << 20, "refill_time": True}}, "refill_time"),
+     {"bandwidth": {"size": 1 << 20, "refill_time": True}},
+     "rate_limiter.bandwidth.refill_time"),
     ("PATCH", "/kvmm/rate-limiters/drive:rootfs",
      {"bandwidth": {"size": 1 << 20, "refill_time": 100, "one_time_burst": -5}},
-     "one_time_burst"),
+     "rate_limiter.bandwidth.one_time_burst"),
     ("PATCH", "/kvmm/rate-limiters/drive:rootfs", {"iops": {"size": 1, "refill_time": 1}},
      "iops"),
 ]
@@ -392,7 +394,7 @@ def test_malformed_http_is_answered_400_and_the_guest_runs_on(busy, data):
 
 @pytest.mark.parametrize("how", ["content-length", "chunked"])
 def test_an_oversized_body_is_answered_400(busy, how):
-    status, _ = call(busy.sock, "PUT", "/mmds", {"small": 1}, expect=204)
+    call(busy.sock, "PUT", "/mmds", {"small": 1}, expect=204)
     reads = busy.reads()
     body = json.dumps({"big": "x" * PAYLOAD_LIMIT}).encode()
     head = b"PUT /mmds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -483,7 +485,7 @@ def test_a_stale_socket_from_a_dead_monitor_is_replaced(guest_kernel, workdir):
         info = wait_for_api(dead.sock, fc)
         assert info["id"] == "successor" and info["state"] == "Not started", info
     finally:
-        fc.signal(15)
+        fc.signal(signal.SIGTERM)
         assert fc.wait() == 0, fc.transcript()
     assert not os.path.exists(dead.sock)
 

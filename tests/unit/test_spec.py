@@ -806,3 +806,27 @@ def test_parse_amount(text, unit, value):
 @pytest.mark.parametrize("text", ["", "M", "1.5M", "-1", "1X", "1M5", "ten", "\u0661"])
 def test_parse_amount_refused(text):
     refused(lambda: parse_amount(text, "--mem"), "--mem", "is not a size or amount")
+
+
+# The OpenAPI document describes exactly the specs' fields ----------------------------
+@pytest.mark.parametrize("schema,spec_cls", [
+    ("BootSource", "BootSourceSpec"), ("Drive", "DriveSpec"),
+    ("PartialDrive", "PartialDriveSpec"), ("NetworkInterface", "NetworkInterfaceSpec"),
+    ("PartialNetworkInterface", "PartialNetworkInterfaceSpec"),
+    ("MachineConfiguration", "MachineSpec"), ("Logger", "LoggerSpec"),
+    ("Metrics", "MetricsSpec"), ("MmdsConfig", "MmdsConfigSpec"),
+    ("RateLimiter", "RateLimiterSpec"), ("TokenBucket", "TokenBucketSpec")])
+def test_openapi_schemas_name_the_spec_fields(schema, spec_cls):
+    """kvmm/api/openapi.yaml and kvmm/spec/ list the same fields, and a field is
+    required in one exactly where it is in the other."""
+    import importlib.resources
+
+    import yaml
+
+    import kvmm.spec.devices
+    doc = yaml.safe_load(importlib.resources.files("kvmm.api").joinpath("openapi.yaml")
+                         .read_text())
+    body = doc["components"]["schemas"][schema]
+    cls = getattr(kvmm.spec.devices, spec_cls, None) or getattr(kvmm.spec, spec_cls)
+    assert set(body["properties"]) == {f.name for f in cls.FIELDS}
+    assert set(body.get("required", ())) == {f.name for f in cls.FIELDS if f.required}
