@@ -7,7 +7,8 @@
 # ci/lane/lane.py) sets LANE_REPO, LANE_MODULES, LANE_TAP, LANE_TAP_ADDR and
 # LANE_CMD. With LANE_TAP set, L1 makes that TAP (persistent, so every kvmm run
 # attaches to it as it is) with the address LANE_TAP_ADDR: the guests' peer. L1
-# has no other NIC; guest traffic never leaves it.
+# has no other NIC; guest traffic never leaves it. /sys/fs/cgroup in the chroot
+# is a pure cgroup v2 hierarchy (see ci/lane/cgroup_v2.py).
 /bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /host
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -43,6 +44,14 @@ mkdir -p /dev/shm
 mount -t tmpfs -o size=1g tmpfs /dev/shm || die "cannot mount a tmpfs on /dev/shm"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
+# A pure cgroup v2 hierarchy, as on most users' hosts: L1's kernel command line
+# has cgroup_no_v1=all (no controller can be bound to a v1 hierarchy), and
+# every process starts in the root cgroup. The cgroup-v2 run checks this.
+if mount -t cgroup2 -o nsdelegate cgroup2 /host/sys/fs/cgroup; then
+    echo "LANE-L1 cgroup2: $(cat /host/sys/fs/cgroup/cgroup.controllers)"
+else
+    echo "LANE-L1 cgroup2: cannot mount a cgroup2 hierarchy at /sys/fs/cgroup"
+fi
 mount -o bind /dev /host/dev      # with /dev/shm: scratch space (the disk image)
 case "$LANE_REPO" in
     /tmp|/tmp/*) ;;               # the repository itself is there: keep it visible

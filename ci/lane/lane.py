@@ -501,7 +501,9 @@ def run_qemu(vmlinuz: str, initrd: str, timeout: float, logpath: str, smp: int,
     and kept in `logpath`. Returns (status, lines, seconds, stopped): stopped is
     None, "timeout" or "stall: <L1's line>"."""
     out = sys.stdout.buffer if echo is None else echo
-    append = "console=ttyS0 rdinit=/init panic=-1 mitigations=off quiet loglevel=4"
+    # cgroup_no_v1=all: L1's cgroups are v2 only (ci/lane/l1-init.sh mounts them)
+    append = ("console=ttyS0 rdinit=/init panic=-1 mitigations=off quiet loglevel=4 "
+              "cgroup_no_v1=all")
     cmd = ["qemu-system-x86_64", "-accel", f"tcg,thread={tcg_thread}", "-cpu", "max", "-M", "q35",
            "-m", L1_MEM, "-smp", str(smp), "-nodefaults", "-display", "none",
            "-serial", "stdio", "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,

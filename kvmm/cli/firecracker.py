@@ -37,7 +37,8 @@ OPTIONS = (
     _flag("--no-api", "serve no API (needs --config-file)"),
     _flag("--boot-timer", "log the time from start to the guest's ready signal"),
     Option("--level", "log level: Error, Warning, Info (default), Debug, Trace, Off", "LEVEL"),
-    Option("--log-path", "log to this file or named pipe (default: stdout)", "PATH"),
+    Option("--log-path", "log to this file or named pipe (default with --level: stdout)",
+           "PATH"),
     _flag("--show-level", "put the level in each log line"),
     _flag("--show-log-origin", "put the file and line in each log line"),
     Option("--module", "log only from this module", "MODULE"),
@@ -125,13 +126,11 @@ def command(args, start: float) -> int:
     if log is None and args.boot_timer:     # the boot time is said even with no logger
         from kvmm.spec import LoggerSpec as _LoggerSpec
         log = _configure_logger(vmm, _LoggerSpec(log_path="/dev/stderr", level="Info"))
-    if log is None:
-        import logging
-        log = logging.getLogger("kvmm.firecracker")
-    log.info("Running Firecracker v%s (kvmm)", vmm.version())
+    if log is not None:                     # no logger, no logging import: a lean start
+        log.info("Running Firecracker v%s (kvmm)", vmm.version())
     if args.seccomp_filter and not args.no_seccomp:
-        log.warning("--seccomp-filter %s: kvmm does not apply seccomp filters yet",
-                    args.seccomp_filter)
+        print(f"kvmm firecracker: warning: --seccomp-filter {args.seccomp_filter}: kvmm "
+              "does not apply seccomp filters yet", file=sys.stderr)
     if args.boot_timer:
         vmm.on_ready = lambda _seconds: _log_boot_time(vmm, log)
     from kvmm.cli.run import install_stop_signals
@@ -157,6 +156,11 @@ def command(args, start: float) -> int:
             vmm.release_for_exit()
             return _die(str(e), EXIT_ERROR)
         vmm.start_loop()
+        if not vmm.started:
+            # What InstanceStart needs, loaded while the client configures the VM.
+            import kvmm.builder  # noqa: F401
+            import kvmm.virtio.blk  # noqa: F401
+            import kvmm.virtio.mmio  # noqa: F401
     return _serve_until_stopped(vmm, log)
 
 
@@ -171,7 +175,8 @@ def _log_boot_time(vmm, log) -> None:
 def _serve_until_stopped(vmm, log) -> int:
     vmm.wait_stopped()
     reason = vmm.wait() if vmm.machine is not None else vmm.stop_reason
-    log.info("Vmm is stopping: %s", reason.message)
+    if log is not None:
+        log.info("Vmm is stopping: %s", reason.message)
     vmm.release_for_exit()
     if reason.kind in ("crash", "error"):
         print(f"kvmm firecracker: {reason.message}", file=sys.stderr)

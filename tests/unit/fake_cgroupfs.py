@@ -225,7 +225,7 @@ class FakeCgroupKernel(CgroupFs):
         if self.version == "v2":
             return f"0::{self.where(self.self_pid)}\n"
         return "".join(f"{hid}:{name}:{self.where(self.self_pid, name)}\n"
-                       for name, hid in V1_HIERARCHIES.items()) + "0::/\n"
+                       for name, hid in V1_HIERARCHIES.items() if name in self.trees) + "0::/\n"
 
     def exists(self, path: str) -> bool:
         if path == self.proc_cgroup:
