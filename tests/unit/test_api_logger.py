@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from kvmm.api import logger as fclog
+from tests.unit.pipes import drain
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}) \[([^\]]*)\] (.*)$")
 
@@ -117,15 +118,7 @@ def test_fifo_full_drops_records_without_blocking(tmp_path):
     for i in range(5000):                # ~500 KB: far more than a pipe holds
         log.info("record %05d %s", i, "x" * 80)
     assert handler.missed > 0
-    data = b""
-    while True:
-        try:
-            chunk = os.read(reader, 1 << 16)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    data = drain(reader)
     lines = data.decode().splitlines()
     assert lines and all(LINE.match(ln) for ln in lines)   # whole lines only
     assert len(lines) + handler.missed == 5000

@@ -10,6 +10,7 @@ import pytest
 
 from kvmm.api.metrics import MetricsWriter, firecracker_metrics
 from kvmm.eventloop import EventLoop
+from tests.unit.pipes import drain
 
 
 def _blk(reads=0, writes=0, read_bytes=0, write_bytes=0, flushes=0, throttled=0,
@@ -180,15 +181,7 @@ def test_fifo_full_drops_lines_without_blocking_and_counts_them(tmp_path):
     assert results[0] and not results[-1]
     assert w.missed == results.count(False) > 0
     # The reader sees only whole lines, then the count of the dropped ones.
-    data = b""
-    while True:
-        try:
-            chunk = os.read(reader, 1 << 16)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    data = drain(reader)
     lines = data.decode().splitlines()
     assert all(json.loads(line)["utc_timestamp_ms"] for line in lines)
     assert w.flush()                    # room again
