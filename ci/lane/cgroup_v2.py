@@ -57,9 +57,9 @@ class Report:
         detail = ""
         text = str(report.longrepr or "")
         if verdict == "FAIL":
-            errors = [ln for ln in text.splitlines() if ln.startswith("E ")]
-            detail = (errors[0][1:].strip() if errors else text.strip().splitlines()[-1:]
-                      and text.strip().splitlines()[-1])
+            errors = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
+            lines = text.strip().splitlines()
+            detail = errors[0] if errors else (lines[-1] if lines else "")
             detail = f"({report.when}{', skipped' if report.skipped else ''}) {detail}"
         self.results[report.nodeid] = verdict
         say(f"LANE-CG TEST {short(report.nodeid)} {verdict} {seconds:.1f} s {detail}".rstrip())

@@ -211,7 +211,7 @@ def parse_bzimage(image: bytes | memoryview, name: str = "kernel") -> BzImage:
 
 
 def load_bzimage(image: bytes | memoryview, kernel: BzImage, mem) -> None:
-    """Copy the protected-mode kernel to its load address."""
-    kernel.check_fits(mem.end())
+    """Copy the protected-mode kernel to its load address (the builder has
+    checked that it fits; GuestMemory checks the span again)."""
     start = kernel.kernel_offset
     mem.write(kernel.load_addr, image[start:start + kernel.kernel_size])

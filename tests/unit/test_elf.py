@@ -6,6 +6,7 @@ import pytest
 from kvmm.boot import elf
 from kvmm.boot.errors import InvalidImage
 from kvmm.memory import GuestMemory
+from kvmm.memory.errors import GuestMemoryError
 from tests import elfimage
 
 
@@ -78,5 +79,5 @@ def test_kernel_larger_than_ram():
     with pytest.raises(InvalidImage, match="give it more memory with --mem"):
         k.check_fits(4 << 20)
     with GuestMemory([(0, 4 << 20)]) as mem:
-        with pytest.raises(InvalidImage):
+        with pytest.raises(GuestMemoryError):       # the checked access path refuses
             elf.load_elf(image, k, mem)
