@@ -10,7 +10,6 @@ import string
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kvmm.arch.x86_64 import layout
 from kvmm.cli.options import RUN_OPTIONS, parse_options
 from kvmm.cli.run import spec_from_args
 from kvmm.spec import (
@@ -19,7 +18,7 @@ from kvmm.spec import (
 )
 from kvmm.spec.base import split_options
 from kvmm.spec.ratelimit import SHORTHAND_REFILL_MS, U64_MAX
-from kvmm.spec.vm import MAX_MEM_MIB, MIN_MEM_MIB
+from kvmm.spec.vm import MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB
 
 DRIVE = {"drive_id": "rootfs", "path_on_host": "/img/rootfs.ext4", "is_root_device": True}
 NIC = {"iface_id": "eth0", "host_dev_name": "tap0"}
@@ -59,14 +58,14 @@ def test_machine_defaults_and_values():
             "cpu_template": "None"}
     m = MachineSpec.from_json(full, "machine-config")
     assert m.track_dirty_pages and m.huge_pages == "2M" and m.to_json() == full
-    assert MachineSpec.from_json({"vcpu_count": layout.MAX_VCPUS, "mem_size_mib": MIN_MEM_MIB})
+    assert MachineSpec.from_json({"vcpu_count": MAX_VCPUS, "mem_size_mib": MIN_MEM_MIB})
     assert MachineSpec.from_json({"vcpu_count": 1, "mem_size_mib": MAX_MEM_MIB})
     assert MachineSpec() == MachineSpec(vcpu_count=1, mem_size_mib=64)
 
 
 @pytest.mark.parametrize("patch,field,match", [
     ({"vcpu_count": 0}, "vcpu_count", "below the minimum 1"),
-    ({"vcpu_count": layout.MAX_VCPUS + 1}, "vcpu_count", "above the maximum"),
+    ({"vcpu_count": MAX_VCPUS + 1}, "vcpu_count", "above the maximum"),
     ({"vcpu_count": -1}, "vcpu_count", "below the minimum"),
     ({"vcpu_count": "2"}, "vcpu_count", "must be a whole number, not a string"),
     ({"vcpu_count": 1.5}, "vcpu_count", "must be a whole number, not a number"),
@@ -394,7 +393,7 @@ def args(*argv):
 
 @pytest.mark.parametrize("argv,field,match", [
     (["--vcpus", "0"], "--vcpus", "below the minimum 1"),
-    (["--vcpus", str(layout.MAX_VCPUS + 1)], "--vcpus", "above the maximum"),
+    (["--vcpus", str(MAX_VCPUS + 1)], "--vcpus", "above the maximum"),
     (["--mem", "1M"], "--mem", "too small"),
     (["--mem", "1500K"], "--mem", "whole MiB"),
     (["--mem", "lots"], "--mem", "not a size"),
@@ -506,7 +505,7 @@ NIC_JSON = st.fixed_dictionaries(
               "rx_rate_limiter": st.one_of(st.none(), LIMITER),
               "tx_rate_limiter": st.one_of(st.none(), LIMITER)})
 MACHINE_JSON = st.fixed_dictionaries(
-    {"vcpu_count": st.integers(1, layout.MAX_VCPUS),
+    {"vcpu_count": st.integers(1, MAX_VCPUS),
      "mem_size_mib": st.integers(MIN_MEM_MIB, MAX_MEM_MIB)},
     optional={"smt": st.just(False), "track_dirty_pages": st.booleans(),
               "huge_pages": st.sampled_from(["None", "2M"]),
