@@ -217,6 +217,8 @@ class Vmm:
         if self.metrics is not None:
             self.metrics.start()
         m.start()
+        from kvmm.jail.seccomp import seal_after_start
+        seal_after_start(self)          # docs/seal.md: the I/O thread's filter
 
     def _guest_ready(self, seconds: float) -> None:
         """The guest wrote the boot-timer port, `seconds` after the monitor started."""
@@ -360,6 +362,8 @@ class Vmm:
         if m is not None:
             out["cpu"]["affinity"] = {f"vcpu{t.vcpu.index}": sorted(t.affinity)
                                       for t in m.threads}
+            if m.cgroup is not None:        # what a quota bounds: time inside the cgroup
+                out["cpu"]["cgroup"] = m.cgroup.cpu_usage()
         return out
 
     # Stopping. ---------------------------------------------------------------

@@ -16,6 +16,10 @@
     and in L1 too, the project's guest kernel under kvmm in its hardware-KVM
         form (ci/lane/guest_modes.py: hello with world=kvm, smp, timer, mem,
         exception, reset, blktest, netecho, hostile-net)
+    and last kvmm's cgroup tests on L1's pure cgroup v2 hierarchy (L1 boots
+        with cgroup_no_v1=all; ci/lane/cgroup_v2.py runs
+        tests/lane/l1_cgroup_v2.py and the memory-limit test of
+        tests/integration/test_quota.py there)
 
 Everything comes from Debian packages (`apt-get install` / `apt-get download`),
 cached under $KVMM_LANE_CACHE (default /var/cache/kvmm-lane, or
@@ -76,6 +80,7 @@ L2_TIMEOUT = 120                    # kvmm boot-test inside L1 (a boot takes 9-2
 # The project's guest kernel in L1 (ci/lane/guest_modes.py): these modes, and the
 # network ones when L2 has a NIC. Each kvmm run is bounded by MODE_TIMEOUT.
 GUEST_MODES = ("hello", "smp", "timer", "mem", "exception", "reset", "blktest")
+CGROUP_RUN = "cgroup-v2"            # the run of ci/lane/cgroup_v2.py (about 16 s in L1)
 GUEST_NET_MODES = ("netecho", "hostile-net")
 MODE_TIMEOUT = 120
 CONSOLE_TAIL = 40
@@ -462,12 +467,18 @@ def guest_modes_command(python: str, modes, net: bool, timeout: int) -> str:
     return " ".join(shell_quote(a) for a in args)
 
 
+def cgroup_command(python: str) -> str:
+    """ci/lane/cgroup_v2.py in L1: kvmm's cgroup tests on a pure v2 hierarchy."""
+    return " ".join(shell_quote(a) for a in (python, os.path.join(HERE, "cgroup_v2.py"),
+                                             "--repo", REPO))
+
+
 def lane_command(python: str, runs: list[L2Run], initrd: str, l2_timeout: int,
                  verbose: bool = False, keep_xsave: bool = False, modes=(),
-                 net: bool = False, mode_timeout: int = 0) -> str:
+                 net: bool = False, mode_timeout: int = 0, cgroup: bool = False) -> str:
     """The shell command L1 runs in the host's root: each boot, then a marker
     line `LANE-L1 run NAME exit=STATUS`; then the guest-kernel modes (marker
-    name `guest-modes`)."""
+    name `guest-modes`); then, with `cgroup`, the cgroup v2 tests (CGROUP_RUN)."""
     parts = []
     if any(r.disk for r in runs):
         parts.append(f"truncate -s {DISK_SIZE} /dev/shm/lane-disk.img")
@@ -477,6 +488,9 @@ def lane_command(python: str, runs: list[L2Run], initrd: str, l2_timeout: int,
     if modes:
         parts.append(guest_modes_command(python, modes, net, mode_timeout))
         parts.append('echo "LANE-L1 run guest-modes exit=$?"')
+    if cgroup:
+        parts.append(cgroup_command(python))
+        parts.append(f'echo "LANE-L1 run {CGROUP_RUN} exit=$?"')
     return "; ".join(parts)
 
 
@@ -639,12 +653,14 @@ def _segments(lines: list[str], names: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def verdict(lines: list[str], runs: list[L2Run], modes=()) -> tuple[bool, list[str]]:
+def verdict(lines: list[str], runs: list[L2Run], modes=(),
+            cgroup: bool = False) -> tuple[bool, list[str]]:
     """(passed, problems) from L1's console. A run that did not finish (no
     `LANE-L1 run NAME exit=` marker: a hang, or the lane's timeout) is reported
     once, with the checks that failed before it stopped, not check by check."""
     problems = []
-    names = [r.name for r in runs] + (["guest-modes"] if modes else [])
+    names = [r.name for r in runs] + (["guest-modes"] if modes else []) + \
+        ([CGROUP_RUN] if cgroup else [])
     segments = _segments(lines, names)
     finished = {}
     for name in names:
@@ -681,6 +697,16 @@ def verdict(lines: list[str], runs: list[L2Run], modes=()) -> tuple[bool, list[s
             problems.append(f"guest kernel modes without a result: {', '.join(missing)}")
         if finished["guest-modes"] and not any(ln == "LANE-GK RESULT PASS" for ln in seg):
             problems.append("the guest kernel modes did not report LANE-GK RESULT PASS")
+    if cgroup:
+        seg = segments[CGROUP_RUN]
+        for ln in seg:
+            words = ln.split(maxsplit=4)
+            if ln.startswith("LANE-CG TEST ") and len(words) > 3 and words[3] == "FAIL":
+                detail = ln.split(" s ", 1)[1] if " s " in ln else ""
+                problems.append(f"cgroup v2 test {words[2]} failed: {detail}".rstrip(": "))
+        if finished[CGROUP_RUN] and not any(ln.startswith("LANE-CG RESULT PASS") for ln in seg):
+            problems.append("the cgroup v2 tests did not report LANE-CG RESULT PASS "
+                            "(see the LANE-CG lines above)")
     return not problems, problems
 
 
@@ -709,8 +735,9 @@ def run_lane(args) -> int:
         if not os.path.exists(GUEST_KERNEL):
             raise LaneError(f"{GUEST_KERNEL} is not built: run `make -C guest-kernel` "
                             "(ci/setup does), or --no-modes")
+    cgroup = not args.no_cgroup
     cmd = lane_command(lane.python, runs, l2_initrd, args.l2_timeout, args.verbose,
-                       args.keep_xsave, modes, net, args.mode_timeout)
+                       args.keep_xsave, modes, net, args.mode_timeout, cgroup)
     log(f"set-up took {time.monotonic() - t0:.1f} s")
     stalls: list[str] = []          # L1 lost a CPU (not a verdict on kvmm)
     failed: list[str] = []          # runs that finished and failed, first problem each
@@ -727,7 +754,7 @@ def run_lane(args) -> int:
                 log("running the lane again")
                 continue
             break
-        ok, problems = verdict(lines, runs, modes)
+        ok, problems = verdict(lines, runs, modes, cgroup)
         if (not ok and not stopped and len(failed) < args.failure_retries
                 and runs_so_far < MAX_RUNS):
             # A kvmm fault fails every run; the emulated SVM of QEMU's TCG now and
@@ -738,7 +765,7 @@ def run_lane(args) -> int:
             log("running the lane again: it passes only if that run passes whole")
             continue
         break
-    ok, problems = verdict(lines, runs, modes)
+    ok, problems = verdict(lines, runs, modes, cgroup)
     if stopped == "timeout":
         ok = False
         problems.insert(0, f"the lane did not finish within {args.timeout} s (QEMU killed)")
@@ -755,6 +782,10 @@ def run_lane(args) -> int:
     summary = (f"{len(runs)} L2 boots ({passed} checks passed), "
                f"{sum(ln.startswith('LANE-GK MODE ') and ln.split()[3] == 'PASS' for ln in lines)}"
                f"/{len(modes)} guest kernel modes")
+    if cgroup:
+        cg_passed = sum(ln.startswith("LANE-CG TEST ") and ln.split()[3:4] == ["PASS"]
+                        for ln in lines)
+        summary += f", {cg_passed} cgroup v2 tests passed"
     if stalls and ok:
         summary += f"; after {len(stalls)} L1 stall(s) under TCG, first: {stalls[0]}"
     if failed and ok:
@@ -818,6 +849,8 @@ def main(argv=None) -> int:
                      help="do not run the project's guest kernel modes in L1")
     run.add_argument("--modes", help="comma-separated guest kernel modes instead of the "
                      f"default set ({','.join(GUEST_MODES + GUEST_NET_MODES)})")
+    run.add_argument("--no-cgroup", action="store_true",
+                     help="do not run kvmm's cgroup tests on L1's cgroup v2 hierarchy")
     sub.add_parser("fetch", help="fetch the kernels and write the unit tests' images")
     ex = sub.add_parser("exec", help="boot L1 and run a shell command in the host's root "
                         "there (debugging)")

@@ -31,6 +31,14 @@ from kvmm.spec.base import json_kind
 
 
 
+def _logging_configured() -> bool:
+    """A logger was configured (--log-path, PUT /logger); without one, logging
+    is never imported on the API's path."""
+    import sys
+    module = sys.modules.get("kvmm.api.logger")
+    return module is not None and module.active()
+
+
 def _log():
     """This module's logger (logging is imported on first use: the API's start-up
     path stays lean)."""
@@ -180,6 +188,9 @@ class FirecrackerApi:
 
     def handle(self, method: str, target: str, body: bytes) -> Response:
         path = _path_of(target)
+        if _logging_configured():       # Firecracker logs every request it receives
+            _log().info("The API server received a %s request on \"%s\" with body %r.",
+                        method.capitalize(), path, body.decode("utf-8", "replace")[:200])
         try:
             route, params = self._route(method, path, body)
             if route.phase is not Phase.PER_ACTION and not route.phase.allows(self.vmm.started):

@@ -210,6 +210,11 @@ def configure(log_path: str | None, level: str = "Info", show_level: bool = Fals
     return handler
 
 
+def active() -> bool:
+    """Whether `configure` has installed a handler."""
+    return _installed is not None
+
+
 def reset() -> None:
     """Remove what `configure` installed (the `kvmm` logger's level goes back
     to unset)."""

@@ -20,6 +20,7 @@ commands:
   run          boot a guest and wait for it to finish
   boot-test    boot a kernel and wait for a success or failure pattern on its console
   firecracker  a drop-in for Firecracker: its flags, its API (also `kvmm-firecracker`)
+  jail         Firecracker's jailer for the monitor (also `kvmm-jailer`; docs/jail.md)
   stats        print the counters of a running guest (through its --api-sock)
   limit        change a rate limit of a running guest (through its --api-sock)
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         from kvmm.version import version_lines
         print("\n".join(version_lines(firecracker=False)))
         return 0
+    if argv[0] == "jail":              # its own parser: the monitor's arguments follow `--`
+        from kvmm.cli import jail
+        return jail.main(argv[1:])
     command = _commands().get(argv[0])
     if command is None:
         print(f"kvmm: unknown command {argv[0]!r} (see `kvmm --help`)", file=sys.stderr)
@@ -74,6 +78,11 @@ def _exit(status: int) -> None:
 
 def entry() -> None:
     _exit(main())
+
+
+def jailer_entry() -> None:
+    """The `kvmm-jailer` console script (for orchestrators' jailer_path)."""
+    _exit(main(["jail"] + sys.argv[1:]))
 
 
 def firecracker_entry() -> None:

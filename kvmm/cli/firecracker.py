@@ -128,9 +128,9 @@ def command(args, start: float) -> int:
         log = _configure_logger(vmm, _LoggerSpec(log_path="/dev/stderr", level="Info"))
     if log is not None:                     # no logger, no logging import: a lean start
         log.info("Running Firecracker v%s (kvmm)", vmm.version())
-    if args.seccomp_filter and not args.no_seccomp:
-        print(f"kvmm firecracker: warning: --seccomp-filter {args.seccomp_filter}: kvmm "
-              "does not apply seccomp filters yet", file=sys.stderr)
+    from kvmm.jail.seccomp import check_firecracker_flags
+    if problem := check_firecracker_flags(args):     # docs/seal.md
+        return _die(problem)
     if args.boot_timer:
         vmm.on_ready = lambda _seconds: _log_boot_time(vmm, log)
     from kvmm.cli.run import install_stop_signals
@@ -173,6 +173,8 @@ def _log_boot_time(vmm, log) -> None:
 
 
 def _serve_until_stopped(vmm, log) -> int:
+    from kvmm.jail.seccomp import seal_thread
+    seal_thread("main")              # docs/seal.md
     vmm.wait_stopped()
     reason = vmm.wait() if vmm.machine is not None else vmm.stop_reason
     if log is not None:

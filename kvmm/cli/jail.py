@@ -71,7 +71,7 @@ def command(args, start: float) -> int:
     `args.rest` (what followed `--`)."""
     start_us = int(time.monotonic() * 1e6)
     start_cpu_us = int(time.process_time() * 1e6)
-    from kvmm.jail import JailError, JailFailure, jail_spec
+    from kvmm.jail.spec import JailError, JailFailure, jail_spec
     from kvmm.jail.jailer import run
     try:
         spec = jail_spec(id=args.id, exec_file=args.exec_file, uid=args.uid, gid=args.gid,

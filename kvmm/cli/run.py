@@ -182,9 +182,13 @@ def run_command(args: Namespace, start: float) -> int:
         spec = spec_from_args(args)
     except (SpecError, UsageError) as e:
         return die(str(e))
+    from kvmm.jail.seccomp import configure
+    configure("off" if getattr(args, "no_seccomp", False) else None)   # docs/seal.md
     vmm, status = start_vmm(spec, args, start)
     if vmm is None:
         return status
+    from kvmm.jail import seccomp
+    seccomp.seal_thread("main")     # docs/seal.md
     try:
         reason = vmm.wait(vmm.spec.host.timeout)
         if vmm.spec.host.stats_file:

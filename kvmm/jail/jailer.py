@@ -115,8 +115,9 @@ def run(spec: JailSpec, start_us: int, start_cpu_us: int) -> None:
     """Build the jail and exec the monitor in it; returns only by raising
     JailError (bad input, nothing left behind) or JailFailure/OSError."""
     close_inherited_fds()
+    pythonpath = os.environ.get("PYTHONPATH", "")
     os.environ.clear()
-    runtime = jailroot.resolve(jailroot.probe(spec.exec_file))
+    runtime = jailroot.resolve(jailroot.probe(spec.exec_file, pythonpath))
     groups = cgroup.plan(spec)
     with ExitStack() as undo:
         _claim(spec, undo)

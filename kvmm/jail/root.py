@@ -18,10 +18,9 @@ processes are visible), `/run` an empty directory for the API socket.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
-import subprocess
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -33,23 +32,6 @@ DEVICES = (("dev/kvm", 10, 232), ("dev/net/tun", 10, 200))
 DEV_TMPFS = "mode=755,size=64k,nr_inodes=16"
 JAILER_ENTRIES = ("dev", "run", "proc")   # a root holding one of these has been jailed
 RO_BIND = linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV
-
-# Run by the exec file's interpreter, with the environment the monitor will
-# have (none): where that interpreter's files are.
-_PROBE = r"""
-import json, os, sys, ctypes, kvmm, kvmm.cli.firecracker
-maps = set()
-with open("/proc/self/maps") as f:
-    for line in f:
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            maps.add(parts[5].rstrip("\n"))
-print(json.dumps({"executable": sys.executable, "prefix": sys.prefix,
-                  "path": [p for p in sys.path if p and os.path.isdir(p)],
-                  "kvmm": os.path.dirname(os.path.abspath(kvmm.__file__)),
-                  "maps": sorted(maps)}))
-"""
-
 
 @dataclass
 class Runtime:
@@ -86,30 +68,39 @@ def elf_interpreter(path: str) -> str | None:
     return None
 
 
-def probe(exec_file: str) -> list[str]:
-    """The host paths the exec file needs: for a script, its interpreter's
-    (asked by running the probe in it); for an ELF file, its loader."""
+def probe(exec_file: str, pythonpath: str = "") -> list[str]:
+    """The host paths the exec file needs. A script must name this process's
+    own interpreter (the jailer and the monitor are one kvmm installation, as
+    Firecracker's jailer and firecracker are one release): its executable,
+    every `sys.path` directory but the script's own and $PYTHONPATH's (the
+    monitor's environment is empty), kvmm's package, the directory of each
+    shared object this process maps (extension modules load more of them
+    later) and each other file it maps (locale data). An ELF file needs its
+    loader."""
     interpreter = shebang(exec_file)
     if interpreter is None:
         loader = elf_interpreter(exec_file)
         return [loader] if loader else []
-    try:
-        out = subprocess.run([interpreter, "-c", _PROBE], env={}, capture_output=True,
-                             text=True, timeout=30, check=True, close_fds=True).stdout
-        found = json.loads(out)
-    except (OSError, ValueError, subprocess.SubprocessError) as e:
-        raise JailError(f"--exec-file {exec_file}", f"its interpreter {interpreter} could "
-                                                    f"not run kvmm ({e})") from None
-    paths = [interpreter, found["executable"], found["kvmm"], *found["path"],
-             os.path.join(found["prefix"], "pyvenv.cfg")]
-    for mapped in found["maps"]:
-        # shared objects: their whole directory (extension modules load more
-        # of them later); anything else mapped (the executable, locale data):
-        # the file alone
-        paths.append(os.path.dirname(mapped) if ".so" in os.path.basename(mapped)
-                     else mapped)
-    real = os.path.realpath(found["executable"])
-    loader = elf_interpreter(real)
+    if os.path.realpath(interpreter) != os.path.realpath(sys.executable) or \
+            os.path.dirname(os.path.dirname(os.path.abspath(interpreter))) != sys.prefix:
+        raise JailError(f"--exec-file {exec_file}", f"its interpreter {interpreter} is not "
+                        f"this kvmm's ({sys.executable}): run the `kvmm jail` of the "
+                        "installation the exec file belongs to")
+    import kvmm
+    skip = set(pythonpath.split(os.pathsep)) if pythonpath else set()
+    search = sys.path if sys.flags.safe_path else sys.path[1:]
+    paths = [interpreter, sys.executable, os.path.dirname(os.path.abspath(kvmm.__file__)),
+             *(p for p in search if p and p not in skip and os.path.isdir(p))]
+    if sys.prefix != sys.base_prefix:
+        paths.append(os.path.join(sys.prefix, "pyvenv.cfg"))
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/"):
+                mapped = parts[5].rstrip("\n")
+                paths.append(os.path.dirname(mapped) if ".so" in os.path.basename(mapped)
+                             else mapped)
+    loader = elf_interpreter(os.path.realpath(sys.executable))
     if loader:
         paths.append(loader)
     return [p for p in paths if os.path.lexists(p)]
@@ -218,8 +209,9 @@ def guest_files(spec: JailSpec) -> list[tuple[str, str, bool]]:
     try:
         vm = VmSpec.from_file(host)
     except SpecError as e:
-        raise JailError(f"--config-file {config}", f"{e.field}: {e.message}" if e.field
-                        else e.message) from None
+        field = e.field.replace(f"--config-file {host}", "").lstrip(": ")
+        raise JailError(f"--config-file {config}", f"{field}: {e.message}" if field
+                        else f"{e.message} (looked for it in {spec.root})") from None
     except OSError as e:
         raise JailError(f"--config-file {config}", f"cannot read it in {spec.root} "
                                                    f"({e.strerror})") from None

@@ -161,6 +161,9 @@ class GuestCgroup:
         self.path: str | None = None
         self.placement = "nested"
         self.memory_path: str | None = None
+        self.cpu_path: str | None = None
+        self.entered = time.monotonic()
+        self._entered = False
         self._undo = contextlib.ExitStack()
         quota_us = None
         if cpu_quota is not None:
@@ -213,6 +216,8 @@ class GuestCgroup:
 
     def _enter(self, path: str, came_from: str) -> None:
         self._write(os.path.join(path, "cgroup.procs"), self.pid)
+        self.entered = time.monotonic()
+        self._entered = True
         self._undo.callback(self._move, came_from)
 
     def _move(self, path: str) -> None:
@@ -256,6 +261,7 @@ class GuestCgroup:
             self._write(os.path.join(path, "cpu.cfs_period_us"), CPU_PERIOD_US)
             self._write(os.path.join(path, "cpu.cfs_quota_us"), quota_us)
             self._enter(path, parent)
+            self.cpu_path = path
             self.path = self.path or path
 
     # v2. -------------------------------------------------------------------------
@@ -293,24 +299,32 @@ class GuestCgroup:
             self._setup_v2_sibling(base, own, here, wanted, others)
         else:
             self._check_top_down(base, own, wanted)
-            path = self._make(here)
-            self._enter(path, here)
-            if missing:
-                # Our cgroup is empty now (or the root, which may hold processes).
-                try:
-                    self.fs.write(os.path.join(here, "cgroup.subtree_control"),
-                                  " ".join(f"+{c}" for c in missing))
-                except OSError as e:
-                    raise CgroupError(e.errno or 0, f"cannot enable {', '.join(missing)} in "
-                                      f"{here}/cgroup.subtree_control: {e.strerror}"
-                                      + (" (a process joined that cgroup meanwhile)"
-                                         if e.errno == errno.EBUSY else "")) from None
-                if not is_root:
-                    # A non-root cgroup with controllers enabled takes no process:
-                    # disable them before moving back (runs before _move).
-                    self._undo.callback(self._disable, here, missing)
-            self.path = path
+            self._setup_v2_nested(here, missing, is_root)
         self._limit_v2(memory_limit, quota_us)
+        if not self._entered:
+            self._enter(self.path, here)
+
+    def _setup_v2_nested(self, here: str, missing: list[str], is_root: bool) -> None:
+        path = self._make(here)
+        self.path = path
+        if not missing:
+            return
+        if not is_root:
+            # `here` must hold no process before it may enable controllers:
+            # the monitor (its only one) moves into the leaf first.
+            self._enter(path, here)
+        try:
+            self.fs.write(os.path.join(here, "cgroup.subtree_control"),
+                          " ".join(f"+{c}" for c in missing))
+        except OSError as e:
+            raise CgroupError(e.errno or 0, f"cannot enable {', '.join(missing)} in "
+                              f"{here}/cgroup.subtree_control: {e.strerror}"
+                              + (" (a process joined that cgroup meanwhile)"
+                                 if e.errno == errno.EBUSY else "")) from None
+        if not is_root:
+            # A non-root cgroup with controllers enabled takes no process:
+            # disable them before moving back (this undo runs before the move).
+            self._undo.callback(self._disable, here, missing)
 
     def _setup_v2_sibling(self, base: str, own: str, here: str, wanted: list[str],
                           others: set[int]) -> None:
@@ -328,9 +342,7 @@ class GuestCgroup:
                               f"own (`systemd-run --scope -p Delegate=yes -- kvmm ...`), or "
                               f"run without {' / '.join(OPTION[c] for c in lacking)}")
         self._check_top_down(base, parent_own, wanted)
-        path = self._make(parent)
-        self._enter(path, here)
-        self.path = path
+        self.path = self._make(parent)
         self.placement = "sibling"
 
     def _disable(self, path: str, controllers: list[str]) -> None:
@@ -348,6 +360,7 @@ class GuestCgroup:
             self.memory_path = self.path
         if quota_us is not None:
             self._write(os.path.join(self.path, "cpu.max"), format_cpu_max(quota_us))
+            self.cpu_path = self.path
 
     # Reading back. -----------------------------------------------------------------
     def limits(self) -> dict:
@@ -388,6 +401,28 @@ class GuestCgroup:
                 "high": parse_max(self._read(at("memory.high")))
                 if self.fs.exists(at("memory.high")) else None,
                 "failcnt": events.get("max", 0), "oom_kill": events.get("oom_kill", 0)}
+
+    def cpu_usage(self) -> dict:
+        """CPU time the cgroup used since the monitor entered it, and how often
+        its quota throttled it (v2 cpu.stat; v1 cpuacct.usage and cpu.stat of
+        the cpu,cpuacct hierarchy): the measure of a quota, which the
+        process's own CPU time is not (it includes start-up before entering)."""
+        if self.cpu_path is None:
+            return {}
+        stat_file = os.path.join(self.cpu_path, "cpu.stat")
+        stat = parse_flat_keyed(self._read(stat_file)) if self.fs.exists(stat_file) else {}
+        out = {"wall": time.monotonic() - self.entered,
+               "nr_periods": stat.get("nr_periods", 0),
+               "nr_throttled": stat.get("nr_throttled", 0)}
+        if self.version == "v2":
+            out["seconds"] = stat.get("usage_usec", 0) / 1e6
+            out["throttled_seconds"] = stat.get("throttled_usec", 0) / 1e6
+        else:
+            usage = os.path.join(self.cpu_path, "cpuacct.usage")
+            if self.fs.exists(usage):
+                out["seconds"] = int(self._read(usage)) / 1e9
+            out["throttled_seconds"] = stat.get("throttled_time", 0) / 1e9
+        return out
 
     def close(self) -> None:
         """Undo in reverse: disable the controllers kvmm enabled, move back,

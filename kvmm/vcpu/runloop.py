@@ -39,6 +39,8 @@ class VcpuThread(threading.Thread):
         if pin is not None:
             os.sched_setaffinity(0, {pin[vcpu.index]})     # 0: this thread
         self.affinity = os.sched_getaffinity(0)
+        from kvmm.jail.seccomp import seal_thread
+        seal_thread("vcpu")           # docs/seal.md: before the first KVM_RUN
         try:
             while not m.stopping:
                 ex = run()

@@ -6,6 +6,7 @@ cgroup_no_v1=all). Not collected on the host: the name does not match test_*.py.
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,6 +17,11 @@ pytestmark = pytest.mark.kvm
 CGROUP = "/sys/fs/cgroup"
 MiB = 1 << 20
 GUEST_MEM, OVERHEAD, QUOTA = 64 * MiB, 32 * MiB, 0.5
+CPU_WINDOW = 2.0        # seconds of a spinning guest under the quota
+
+
+def cpu_stat(path: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in read(f"{path}/cpu.stat").splitlines())}
 
 
 def read(path: str) -> str:
@@ -45,7 +51,8 @@ def test_the_monitor_sits_in_a_v2_cgroup_with_its_limits(guest_kernel, tmp_path)
     """A spinning guest with --mem-overhead-limit and --cpu-quota: while it runs,
     the monitor (and only it) is in /kvmm-<pid>-<pid> with memory.max = guest
     RAM + allowance, memory.swap.max 0 and cpu.max "50000 100000"; the stats
-    report the same numbers; after SIGTERM the cgroup is gone."""
+    report the same numbers; the cgroup's CPU use over a window stays within
+    the quota and it is throttled; after SIGTERM the cgroup is gone."""
     sock = str(tmp_path / "api.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvmm", "run", "--vcpus", "2", "--mem", f"{GUEST_MEM >> 20}M",
@@ -55,6 +62,11 @@ def test_the_monitor_sits_in_a_v2_cgroup_with_its_limits(guest_kernel, tmp_path)
         text=True)
     try:
         wait_for_socket(sock, proc, 60)
+        deadline = time.monotonic() + 60        # the API is up before the guest is built
+        while "cgroup" not in api(sock, "GET", "/kvmm/stats").get("memory", {}):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"the stats never showed a cgroup: {proc.poll()}"
+            time.sleep(0.1)
         own = read(f"/proc/{proc.pid}/cgroup")
         assert own == f"0::/kvmm-{proc.pid}-{proc.pid}", f"the monitor's cgroup: {own}"
         path = CGROUP + own[3:]
@@ -72,7 +84,12 @@ def test_the_monitor_sits_in_a_v2_cgroup_with_its_limits(guest_kernel, tmp_path)
         assert cg["version"] == "v2" and cg["path"] == path, cg
         assert cg["limit"] == GUEST_MEM + OVERHEAD and 0 < cg["usage"] <= cg["limit"], cg
         assert isinstance(cg["peak"], int) and cg["peak"] <= cg["limit"], cg
-        throttled = dict(line.split() for line in read(f"{path}/cpu.stat").splitlines())
+        # The quota, measured by the cgroup's own clock (cpu.stat) over a window
+        # while both vCPUs spin: the process's CPU time would include kvmm's
+        # start-up before it entered the cgroup.
+        before, t0 = cpu_stat(path), time.monotonic()
+        time.sleep(CPU_WINDOW)
+        after, t1 = cpu_stat(path), time.monotonic()
         stop(proc)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -80,7 +97,12 @@ def test_the_monitor_sits_in_a_v2_cgroup_with_its_limits(guest_kernel, tmp_path)
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0, (proc.returncode, out[-2000:], err[-2000:])
-    assert "nr_periods" in throttled, f"cpu.stat has no bandwidth counters: {throttled}"
+    used = (after["usage_usec"] - before["usage_usec"]) / 1e6 / (t1 - t0)
+    assert 0.5 * QUOTA <= used <= QUOTA * 1.15, \
+        f"the cgroup used {used:.2f} CPUs over {t1 - t0:.1f} s, quota {QUOTA} " \
+        f"({before} -> {after})"
+    assert after["nr_throttled"] > before["nr_throttled"], \
+        f"cpu.stat shows no throttling: {before} -> {after}"
     assert not os.path.exists(path), f"{path} is still there after the monitor exited"
     assert read("/proc/self/cgroup") == "0::/"
     assert not leftovers(), f"cgroups left behind: {leftovers()}"

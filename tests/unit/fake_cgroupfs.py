@@ -44,8 +44,9 @@ V2_READ_ONLY = {"cgroup.controllers", "cgroup.events", "memory.current", "memory
                 "memory.stat", "memory.peak", "memory.swap.current", "cpu.stat"}
 V1_FILES = {"memory": ("memory.limit_in_bytes", "memory.usage_in_bytes",
                        "memory.max_usage_in_bytes", "memory.failcnt"),
-            "cpu": ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares")}
-V1_READ_ONLY = {"memory.usage_in_bytes"}
+            "cpu": ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares", "cpu.stat",
+                    "cpuacct.usage")}
+V1_READ_ONLY = {"memory.usage_in_bytes", "cpu.stat"}
 V1_UNLIMITED = 0x7FFFFFFFFFFFF000       # memory.limit_in_bytes when not limited
 
 
@@ -180,6 +181,11 @@ class FakeCgroupKernel(CgroupFs):
             return "max 100000\n"
         if name == "cpu.weight":
             return "100\n"
+        if name == "cpu.stat" and self.version == "v2":
+            return ("usage_usec 0\nuser_usec 0\nsystem_usec 0\nnr_periods 0\n"
+                    "nr_throttled 0\nthrottled_usec 0\n")
+        if name == "cpu.stat":
+            return "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n"
         if name == "cpu.cfs_period_us":
             return "100000\n"
         if name == "cpu.cfs_quota_us":

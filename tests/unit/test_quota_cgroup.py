@@ -372,3 +372,24 @@ def test_rule_v1_limits():
     k.mkcgroup("/sandbox/abc/x", "memory")
     k.spawn(5, "/sandbox/abc/x", "memory")
     raises(errno.EBUSY, k.rmdir, f"{m}/x")
+
+
+def test_cpu_usage_is_the_cgroups_own():
+    k = v2("/")
+    cg = guest(k, None, cpu=0.5)
+    k.set_value(f"{cg.path}/cpu.stat", "usage_usec 1500000\nuser_usec 1000000\n"
+                "system_usec 500000\nnr_periods 30\nnr_throttled 20\nthrottled_usec 900000\n")
+    usage = cg.cpu_usage()
+    assert usage["seconds"] == 1.5 and usage["nr_throttled"] == 20 and usage["nr_periods"] == 30
+    assert usage["throttled_seconds"] == 0.9 and usage["wall"] >= 0
+    cg.close()
+    k1 = v1()
+    cg = GuestCgroup("g", None, cpu_quota=0.5, root=ROOT, fs=k1, pid=99)
+    k1.set_value(f"{ROOT}/cpu/kvmm-99-g/cpuacct.usage", "2000000000\n")
+    k1.set_value(f"{ROOT}/cpu/kvmm-99-g/cpu.stat", "nr_periods 5\nnr_throttled 4\n"
+                 "throttled_time 300000000\n")
+    usage = cg.cpu_usage()
+    assert (usage["seconds"], usage["nr_throttled"], usage["throttled_seconds"]) == (2.0, 4, 0.3)
+    cg.close()
+    with GuestCgroup("h", MiB, root=ROOT, fs=k1, pid=99) as memory_only:
+        assert memory_only.cpu_usage() == {}
