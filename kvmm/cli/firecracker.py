@@ -44,8 +44,10 @@ OPTIONS = (
     Option("--module", "log only from this module", "MODULE"),
     Option("--metrics-path", "write metrics (JSON lines) to this file or named pipe", "PATH"),
     Option("--metadata", "a JSON file to load into the metadata store (MMDS)", "PATH"),
-    Option("--seccomp-filter", "a seccomp filter file (not applied by kvmm yet)", "PATH"),
-    _flag("--no-seccomp", "no seccomp filters (kvmm applies none yet)"),
+    Option("--seccomp-filter", "refused: Firecracker's BPF files are compiled for "
+           "Firecracker; kvmm has its own filters (docs/seal.md)", "PATH"),
+    _flag("--no-seccomp", "no seccomp filters (docs/seal.md: KVMM_SECCOMP=on turns "
+          "kvmm's on)"),
     Option("--http-api-max-payload-size", f"largest API request body in bytes (default "
            f"{MAX_PAYLOAD})", "BYTES", _whole("--http-api-max-payload-size"),
            default=MAX_PAYLOAD),

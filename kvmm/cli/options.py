@@ -105,6 +105,8 @@ RUN_OPTIONS = (
     Option("--throttle-backoff-ms", "wait at least this long after a throttled request "
            "(Firecracker's fixed back-off; for comparisons)", "MS",
            _whole("--throttle-backoff-ms")),
+    Option("--no-seccomp", "install no seccomp filters (they are on with KVMM_SECCOMP=on; "
+           "docs/seal.md)", flag=True),
     Option("--quiet", "no monitor messages on stderr", flag=True),
 )
 

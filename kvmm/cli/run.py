@@ -145,7 +145,9 @@ def start_vmm(spec: VmSpec, args: Namespace, start: float, *, console_capture: b
     """The shared start of `run` and `boot-test`: host resources, the API
     socket, the VM. Returns (vmm, exit status or None)."""
     from kvmm.boot.errors import BootError
+    from kvmm.jail.seccomp import configure
     from kvmm.vmm import Vmm
+    configure("off" if args.no_seccomp else None)       # docs/seal.md
     if interactive is None:
         interactive = spec.host.console == "stdout" and os.isatty(0) and os.isatty(1)
     vmm = Vmm(spec, start_time=start, console_capture=console_capture, interactive=interactive,
@@ -182,8 +184,6 @@ def run_command(args: Namespace, start: float) -> int:
         spec = spec_from_args(args)
     except (SpecError, UsageError) as e:
         return die(str(e))
-    from kvmm.jail.seccomp import configure
-    configure("off" if getattr(args, "no_seccomp", False) else None)   # docs/seal.md
     vmm, status = start_vmm(spec, args, start)
     if vmm is None:
         return status
