@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from kvmm.cli.jail import split_monitor_args
-from kvmm.jail import JailError, jail_spec
+from kvmm.jail.spec import JailError, jail_spec
 from kvmm.jail import cgroup
 from kvmm.jail.root import elf_interpreter, resolve, shebang
 
