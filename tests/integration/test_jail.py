@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -137,11 +138,18 @@ class Jails:
 
 
 @pytest.fixture
-def jails(tmp_path):
+def jails():
+    """Jails under a short directory of their own: the API socket's path inside a
+    root must fit a Unix socket address (108 bytes), which pytest's deeply
+    numbered tmp_path does not always leave room for."""
     _require_root_and_kvm()
-    j = Jails(str(tmp_path))
-    yield j
-    j.cleanup()
+    tmp = tempfile.mkdtemp(prefix="kj-", dir="/tmp")
+    j = Jails(tmp)
+    try:
+        yield j
+    finally:
+        j.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
