@@ -38,7 +38,8 @@ CHECKED_ARGS = {"ioctl": (1,), "socket": (0, 1), "mmap": (2, 3), "mprotect": (2,
                 "tgkill": (2,), "rt_sigprocmask": (0,), "openat": (2,), "accept4": (3,),
                 "socketpair": (0,), "ptrace": (0,), "close_range": (2,), "sendmsg": (2,),
                 "recvfrom": (3,), "sendto": (3,), "epoll_ctl": (1,), "timerfd_settime": (1,),
-                "eventfd2": (1,), "fallocate": (1,), "mremap": (3,), "rt_sigaction": (0,)}
+                "eventfd2": (1,), "fallocate": (1,), "mremap": (3,), "rt_sigaction": (0,),
+                "shutdown": (1,)}
 
 
 def comm(pid: int, tid: int) -> str:

@@ -22,6 +22,7 @@ PROT_EXEC = 0x4                 # asm-generic/mman-common.h
 TCGETS = 0x5401
 TCSETS = 0x5402
 FIONBIO = 0x5421
+SHUT_WR = 1                     # sys/socket.h
 TUNSETOFFLOAD = 0x400454D0      # _IOW('T', 208, unsigned int)
 # clone flags of os.fork() (glibc: CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID | SIGCHLD)
 FORK_FLAGS = 0x01200011
@@ -101,8 +102,14 @@ IO = {
     "recvfrom": any_args("API requests"),
     "sendto": any_args("API answers"),
     "getsockname": any_args("h11 server: the client's address"),
+    "shutdown": one_of("an HTTP error answer or a closing connection: shut the write side, "
+                       "then drain the client (kvmm.api.http _Connection.linger)", 1,
+                       {SHUT_WR: None}),
     "close": any_args("API connections; a replaced drive's image"),
-    "ioctl": one_of("FIONBIO on an accepted API connection", 1, {FIONBIO: None}),
+    "ioctl": one_of("FIONBIO on an accepted API connection; TCGETS: Python's open() asks "
+                    "isatty of each file it opens (a TAP's /sys counters for GET /kvmm/stats "
+                    "and FlushMetrics)", 1,
+                    {FIONBIO: "API connections", TCGETS: "open(): isatty"}),
     "openat": any_args("PATCH /drives path_on_host: the new image, and the O_TMPFILE probe "
                        "in its directory (Landlock decides which paths)"),
     "newfstatat": any_args("PATCH /drives: the new image's type and size"),
@@ -132,6 +139,11 @@ MAIN = {
     "newfstatat": any_args("--stats-file; the API socket before unlink"),
     "lseek": any_args("--stats-file"),
     "unlink": any_args("the API socket at exit"),
+    "rmdir": any_args("--mem-overhead-limit/--cpu-quota: the monitor's cgroup leaf, removed "
+                      "at exit (kvmm.quota.cgroup GuestCgroup._remove)"),
+    "clock_nanosleep": any_args("the cgroup rmdir retries every 10 ms while the kernel still "
+                                "moves the monitor out (EBUSY)",
+                                untraced="only when rmdir meets EBUSY, which no traced run hit"),
     "mincore": any_args("--stats-file: guest RAM touched"),
     "times": any_args("--stats-file: CPU time"),
     "rt_sigaction": any_args("interpreter shutdown restores signal handlers",

@@ -106,14 +106,14 @@ def set_link_up(name: str) -> None:
         raise OSError(code, os.strerror(code)) from None
 
 
-def kernel_drops(name: str) -> int | None:
+def kernel_drops(name: str, index: int | None = None) -> int | None:
     """Frames the kernel dropped because this TAP's queue was full (its
     tx_dropped counter: the queue kvmm leaves frames in while the guest has no
     receive buffers). None where /sys does not show this namespace's interface."""
     base = f"/sys/class/net/{name}"
     try:
         with open(f"{base}/ifindex", "rb") as f:
-            if int(f.read()) != interface_index(name):
+            if int(f.read()) != (interface_index(name) if index is None else index):
                 return None
         with open(f"{base}/statistics/tx_dropped", "rb") as f:
             return int(f.read())
@@ -131,6 +131,7 @@ class Tap:
         self.name = name
         self.created = created
         self.vnet_hdr_len = vnet_hdr_len
+        self.index = interface_index(name)   # now, before the seccomp filters (no socket later)
 
     def set_offload(self, flags: int) -> None:
         """Which offloads the kernel may hand us on read (TUN_F_* bits); the
@@ -141,7 +142,7 @@ class Tap:
         return interface_mtu(self.name)
 
     def dropped(self) -> int | None:
-        return kernel_drops(self.name)
+        return kernel_drops(self.name, self.index)
 
     def close(self) -> None:
         if self.fd >= 0:
