@@ -44,11 +44,11 @@ from typing import Any, NamedTuple
 import h11
 
 
-
 def _log():
     """This module's logger (logging is imported on first use)."""
     import logging
     return logging.getLogger(__name__)
+
 
 # Firecracker's default API payload limit (src/vmm/src/lib.rs HTTP_MAX_PAYLOAD_SIZE),
 # changed with --http-api-max-payload-size.
